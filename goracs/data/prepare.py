@@ -1,0 +1,90 @@
+"""The prepare stage: dataset config + task config -> cached train/valid/test samples, negatives, catalogue."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from goracs.cache import StageCache
+from goracs.data.datasets import cache_key, load_interactions
+from goracs.data.samples import TASKS, build_samples
+from goracs.data.splits import sample_negatives, split_samples
+from goracs.io import save_parquet, write_json
+
+log = logging.getLogger(__name__)
+
+DATA_VERSION = 1  # bump when sample construction changes, so old caches are not reused
+
+
+@dataclass
+class PreparedData:
+    """The samples of one dataset and task, as loaded from the cache."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    catalogue: pd.DataFrame
+    stats: dict[str, Any]
+    path: Path
+
+    def split(self, name: str) -> pd.DataFrame:
+        """One split by name (train, valid, test)."""
+        return {"train": self.train, "valid": self.valid, "test": self.test}[name]
+
+
+def prepare_key(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """Everything that determines the prepared samples."""
+    return {"version": DATA_VERSION, "dataset": cache_key(dataset_cfg), "task": dict(task_cfg), "seed": seed}
+
+
+def prepare(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], cache: StageCache, seed: int = 0,
+            progress: bool = True) -> PreparedData:
+    """Build (or load from cache) the samples of one dataset for one task."""
+    task = task_cfg["name"]
+    if task not in TASKS:
+        raise ValueError(f"unknown task '{task}'; known: {list(TASKS)}")
+    key = prepare_key(dataset_cfg, task_cfg, seed)
+    if not cache.done("prepare", key):
+        with cache.build("prepare", key) as tmp:
+            _build(dataset_cfg, task_cfg, seed, tmp, progress)
+    return load_prepared(cache.path("prepare", key))
+
+
+def _build(dataset_cfg, task_cfg, seed, out: Path, progress: bool) -> None:
+    task = task_cfg["name"]
+    inter, titles, stats = load_interactions(dataset_cfg, progress=progress)
+    samples, sstats = build_samples(inter, titles, task, max_history=int(task_cfg.get("max_history", 10)),
+                                    min_history=int(dataset_cfg.get("min_history", 1)), progress=progress)
+    split_cfg = dataset_cfg.get("split", {}) or {}
+    parts, pstats = split_samples(samples, method=split_cfg.get("method", "auto"),
+                                  n_valid=split_cfg.get("n_valid", 5000), n_test=split_cfg.get("n_test", 5000),
+                                  seed=seed)
+    used_items = sorted(set(inter["item"]) & titles.keys())
+    catalogue = pd.DataFrame({"item_id": used_items, "title": [titles[i] for i in used_items]})
+    if task == "seqrec":
+        user_items = inter.groupby("user", sort=False)["item"].agg(set).to_dict()
+        parts["test"]["negatives"] = sample_negatives(parts["test"], user_items, catalogue["item_id"].to_numpy(),
+                                                      n_neg=int(task_cfg.get("n_negatives", 99)), seed=seed)
+    for name, df in parts.items():
+        save_parquet(out / f"{name}.parquet", df)
+    save_parquet(out / "catalogue.parquet", catalogue)
+    labelled = {name: float((df["label"] == 1).mean()) if len(df) else None for name, df in parts.items()}
+    write_json(out / "stats.json", {"dataset": dataset_cfg.get("name"), "task": task, "read": stats,
+                                    "samples": sstats, "split": pstats, "catalogue_items": len(catalogue),
+                                    "positive_share": labelled})
+
+
+def load_prepared(path: Path) -> PreparedData:
+    """Load a prepared-samples folder."""
+    frames = {n: pd.read_parquet(path / f"{n}.parquet") for n in ("train", "valid", "test", "catalogue")}
+    for df in frames.values():
+        for col in ("history", "negatives", "history_labels"):
+            if col in df:
+                df[col] = df[col].map(list)
+    stats = json.loads((path / "stats.json").read_text())
+    return PreparedData(frames["train"], frames["valid"], frames["test"], frames["catalogue"], stats, path)
