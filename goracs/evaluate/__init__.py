@@ -1,0 +1,1 @@
+"""Evaluation of fine-tuned recommenders: SeqRec (generation + grounding, HR/NDCG) and CTR (AUC, log-loss)."""
