@@ -1,0 +1,46 @@
+"""The Hydra entry point: `python -m goracs stage=<stage> dataset=<name> task=<name> ...`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from goracs import pipeline
+from goracs.runinfo import write_run_info
+
+log = logging.getLogger("goracs")
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+STAGES = ("prepare", "stats")
+
+
+def run(cfg: DictConfig, out_dir: Path):
+    """Run the configured stage and record how it was run."""
+    if cfg.stage not in STAGES:
+        raise ValueError(f"unknown stage '{cfg.stage}'; known: {list(STAGES)}")
+    write_run_info(out_dir, OmegaConf.to_container(cfg, resolve=True), int(cfg.seed))
+    if cfg.stage == "prepare":
+        data = pipeline.run_prepare(cfg)
+        print(f"{cfg.dataset.name}/{cfg.task.name}: train {len(data.train)}, valid {len(data.valid)}, "
+              f"test {len(data.test)}, catalogue {len(data.catalogue)} -> {data.path}")
+        return data
+    if cfg.stage == "stats":
+        return pipeline.run_stats(cfg, out_dir)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig):
+    """Resolve the config and run the requested stage."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    return run(cfg, out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""CTR evaluation (TALLRec): P(Yes) from the Yes/No logits at the last prompt position; AUC and log-loss."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from goracs.evaluate.common import (DataError, check_samples, encode_prompt_answer, lm_forward, model_device,
+                                    pad_batch, set_threads, sharded_map, to_dict, truncate)
+from goracs.evaluate.metrics import auc_logloss
+from goracs.prompts import render_prompt
+
+log = logging.getLogger(__name__)
+
+CTR_EVAL_DEFAULTS: dict[str, Any] = {"batch_size": 8, "cutoff_len": 512, "yes": "Yes", "no": "No",
+                                     "multi_token": "sequence", "num_threads": None, "progress": True}
+
+
+def answer_token_ids(tokenizer, prompt: str, yes: str = "Yes", no: str = "No") -> tuple[list[int], list[int]]:
+    """Token ids of the Yes and No answers as they follow a prompt."""
+    _, y = encode_prompt_answer(tokenizer, prompt, yes)
+    _, n = encode_prompt_answer(tokenizer, prompt, no)
+    if not y or not n:
+        raise DataError(f"the tokenizer encodes {yes!r} or {no!r} to no token")
+    if y == n:
+        raise DataError(f"{yes!r} and {no!r} encode to the same tokens {y}")
+    return y, n
+
+
+@torch.no_grad()
+def p_yes(model, tokenizer, prompts: list[str], cfg: Any = None) -> tuple[np.ndarray, str]:
+    """P(Yes) per prompt and the method used ('logits': single-token answers, 'sequence': multi-token)."""
+    from tqdm.auto import tqdm
+
+    c = {**CTR_EVAL_DEFAULTS, **to_dict(cfg)}
+    if not prompts:
+        raise DataError("no prompts to score")
+    y_ids, n_ids = answer_token_ids(tokenizer, prompts[0], c["yes"], c["no"])
+    single = len(y_ids) == 1 and len(n_ids) == 1
+    if not single and c["multi_token"] != "sequence":
+        raise DataError(f"the tokenizer splits the answers into several tokens ({c['yes']!r} -> {y_ids}, "
+                        f"{c['no']!r} -> {n_ids}); set eval.multi_token=sequence to score whole answers")
+    method = "logits" if single and c["multi_token"] != "force_sequence" else "sequence"
+    if not single:
+        log.warning("answers are multi-token (%s, %s): P(Yes) from whole-answer log-probabilities", y_ids, n_ids)
+    dev = model_device(model)
+    bs = int(c["batch_size"])
+    cut = c["cutoff_len"]
+    model.eval()
+
+    def enc(p: str) -> list[int]:
+        ids = tokenizer(p).input_ids
+        return truncate(list(ids), cut - (0 if method == "logits" else max(len(y_ids), len(n_ids))), "left") \
+            if cut else list(ids)
+
+    def score(idx: list[int]) -> list[float]:
+        out: list[float] = []
+        for s in tqdm(range(0, len(idx), bs), desc="ctr eval", disable=not c["progress"], leave=False):
+            ps = [enc(prompts[i]) for i in idx[s:s + bs]]
+            if method == "logits":
+                ids, mask = pad_batch(ps, tokenizer.pad_token_id, "left")
+                logits = lm_forward(model, ids.to(dev), mask.to(dev)).logits[:, -1].float()
+                two = torch.stack([logits[:, y_ids[0]], logits[:, n_ids[0]]], dim=1)
+                out += torch.softmax(two, dim=1)[:, 0].cpu().tolist()
+            else:
+                lp = [_answer_logprob(model, tokenizer, ps, a, dev) for a in (y_ids, n_ids)]
+                out += torch.sigmoid(lp[0] - lp[1]).cpu().tolist()
+        return out
+
+    return np.asarray(sharded_map(score, len(prompts)), dtype=np.float64), method
+
+
+def _answer_logprob(model, tokenizer, prompts: list[list[int]], answer: list[int], dev) -> torch.Tensor:
+    """Sum of log-probabilities of the answer tokens after each prompt (teacher forcing)."""
+    seqs = [p + answer for p in prompts]
+    ids, mask = pad_batch(seqs, tokenizer.pad_token_id, "left")
+    logp = torch.log_softmax(lm_forward(model, ids.to(dev), mask.to(dev)).logits.float(), dim=-1)
+    k = len(answer)
+    # the answer occupies the last k positions; its tokens are predicted from positions -k-1 .. -2
+    pred = logp[:, -k - 1:-1]
+    tgt = torch.tensor(answer, device=dev).expand(len(seqs), k)
+    return pred.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).sum(1)
+
+
+def evaluate_ctr(model, tokenizer, test_df, cfg: Any = None) -> dict[str, Any]:
+    """AUC and log-loss of P(Yes) on the CTR test samples (labels from `label`); P(Yes) per sample included."""
+    c = {**CTR_EVAL_DEFAULTS, **to_dict(cfg)}
+    set_threads(c["num_threads"])
+    check_samples(test_df, "ctr", "CTR test samples", require=("label",))
+    prompts = [render_prompt(i, x) for i, x in zip(test_df["instruction"], test_df["input"])]
+    p, method = p_yes(model, tokenizer, prompts, c)
+    labels = test_df["label"].to_numpy().astype(int)
+    m = auc_logloss(labels, p)
+    return {**m, "accuracy": float(((p >= 0.5).astype(int) == labels).mean()), "n": int(len(labels)),
+            "positive_rate": float(labels.mean()), "mean_p_yes": float(p.mean()), "method": method,
+            "p_yes": p.tolist(), "labels": labels.tolist()}

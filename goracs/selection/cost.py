@@ -1,0 +1,119 @@
+"""The GORACS cost matrix (method.md section 2), built in float32 chunks so that the real Games size fits."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from goracs.selection.base import SelectionError
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Map 'auto' / 'cpu' / 'cuda' to a torch device; 'auto' picks cuda only when it is available."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SelectionError("device 'cuda' was requested but torch sees no CUDA device; use device=auto or cpu")
+    return dev
+
+
+def check_inputs(train_emb, val_emb, grad_norms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate shapes and finiteness of the cost inputs; return them as arrays (no copies when possible)."""
+    X = np.asarray(train_emb)
+    Y = np.asarray(val_emb)
+    g = np.asarray(grad_norms, dtype=np.float64).reshape(-1)
+    if X.ndim != 2 or Y.ndim != 2:
+        raise SelectionError(f"embeddings must be 2-d, got train {X.shape} and validation {Y.shape}")
+    if len(Y) == 0:
+        raise SelectionError("the validation set is empty: the POO needs at least one validation sample")
+    if len(X) == 0:
+        raise SelectionError("the training pool is empty")
+    if X.shape[1] != Y.shape[1]:
+        raise SelectionError(f"train embeddings are {X.shape[1]}-d but validation embeddings {Y.shape[1]}-d")
+    if len(g) != len(X):
+        raise SelectionError(f"{len(g)} gradient norms for {len(X)} training samples: lengths differ")
+    for name, a in (("train embeddings", X), ("validation embeddings", Y), ("gradient norms", g)):
+        if a.dtype.kind not in "fiu":
+            raise SelectionError(f"{name} must be numeric, got dtype {a.dtype}")
+        # Chunked so that a 430 MB embedding matrix is not duplicated as a boolean mask.
+        for s in range(0, len(a), 65536):
+            blk = a[s:s + 65536]
+            if not np.isfinite(blk).all():
+                bad = s + int(np.flatnonzero(~np.isfinite(blk.reshape(len(blk), -1)).all(axis=1))[0])
+                raise SelectionError(f"{name} contain NaN or infinite values (first bad row {bad})")
+    if (g < 0).any():
+        raise SelectionError(f"gradient norms must be >= 0; {int((g < 0).sum())} are negative")
+    return X, Y, g
+
+
+def compute_cost(train_emb, val_emb, grad_norms, lam: float, *, device: str = "auto",
+                 chunk_rows: int = 2048, out: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
+    """Cost C (N x M, float32) of method.md 2: min-max normalised (D / max D - lam * g / max g)."""
+    X, Y, g = check_inputs(train_emb, val_emb, grad_norms)
+    if not np.isfinite(lam):
+        raise SelectionError(f"lambda must be finite, got {lam}")
+    dev = resolve_device(device)
+    N, M = len(X), len(Y)
+    C = np.empty((N, M), dtype=np.float32) if out is None else out
+    if C.shape != (N, M) or C.dtype != np.float32 or not C.flags.c_contiguous:
+        raise SelectionError(f"out must be a C-contiguous float32 array of shape {(N, M)}")
+    gmax = float(g.max())
+    if gmax <= 0:
+        warnings.warn("all gradient norms are zero: the cost reduces to the distance term", stacklevel=2)
+        gs = np.zeros(N)
+    else:
+        gs = g / gmax
+    with torch.no_grad():
+        Yt = torch.as_tensor(np.ascontiguousarray(Y), device=dev).to(torch.float32)
+        # Centring on the validation mean reduces cancellation in |x|^2 + |y|^2 - 2 x.y (float32).
+        centre = Yt.mean(0, keepdim=True)
+        Yc = Yt - centre
+        y2 = (Yc * Yc).sum(1)
+        rowmin = np.empty(N)
+        rowmax = np.empty(N)
+        it = range(0, N, chunk_rows)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, desc="cost: distances", unit="chunk")
+        # Pass 1: distances into C, with per-row min / max (enough to get the global normaliser later).
+        for s in it:
+            e = min(N, s + chunk_rows)
+            Xc = torch.as_tensor(np.ascontiguousarray(X[s:e]), device=dev).to(torch.float32) - centre
+            d2 = torch.addmm(y2[None, :], Xc, Yc.T, beta=1.0, alpha=-2.0)
+            d2 += (Xc * Xc).sum(1, keepdim=True)
+            d = d2.clamp_min_(0.0).sqrt_()
+            rowmin[s:e] = d.min(1).values.double().cpu().numpy()
+            rowmax[s:e] = d.max(1).values.double().cpu().numpy()
+            C[s:e] = d.cpu().numpy()
+            del Xc, d2, d
+        dmax = float(rowmax.max())
+        if dmax <= 0:
+            warnings.warn("every train-validation distance is zero", stacklevel=2)
+            dmax = 1.0
+        # C~ = D/dmax - lam*g; its extremes come from the row extremes because g is constant along a row.
+        lo = rowmin / dmax - lam * gs
+        hi = rowmax / dmax - lam * gs
+        cmin, cmax = float(lo.min()), float(hi.max())
+        span = cmax - cmin
+        if span <= 0:
+            warnings.warn("the cost matrix is constant: every selection has the same POO", stacklevel=2)
+        shift = torch.as_tensor(lam * gs, dtype=torch.float64)
+        it = range(0, N, chunk_rows)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, desc="cost: normalise", unit="chunk")
+        # Pass 2, in place: float64 arithmetic per chunk, stored back as float32.
+        for s in it:
+            e = min(N, s + chunk_rows)
+            blk = torch.from_numpy(C[s:e])
+            if span > 0:
+                t = blk.to(dev, torch.float64) / dmax - shift[s:e, None].to(dev)
+                t.sub_(cmin).div_(span).clamp_(0.0, 1.0)
+                blk.copy_(t.to(torch.float32).cpu())
+                del t
+            else:
+                blk.zero_()
+    return C

@@ -1,0 +1,321 @@
+"""Per-sample gradient norms w.r.t. the LoRA B matrix of v_proj (method.md 4), all samples of a batch in one
+backward pass, cached in resumable shards that several processes can fill side by side.
+
+Closed form: the LoRA B matrix (out x r) sees, per token t, the input a_t = A x_t (r-dim) and receives the output
+gradient g_t, so one sample's gradient is sum_t g_t a_t^T. Because the samples of a batch do not interact (eval
+mode, causal attention, right padding, per-sample losses summed), the gradient of the summed loss w.r.t. the
+captured lora_B output holds every sample's g_t at once; an einsum over tokens gives all per-sample gradients.
+
+Run data-parallel with: accelerate launch [--cpu] --num_processes K -m goracs.signals.grads --data ... --out ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from goracs.io import atomic_path, config_hash, save_npy, write_json
+from goracs.models import add_lora
+from goracs.signals.common import (Encoded, SignalError, answer_token_ids, backbone, encode, length_batches,
+                                   model_device, pad_id_of, pad_right)
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------- model plumbing
+def ensure_lora(model, lora_seed: int = 0, r: int = 8, alpha: int = 16, dropout: float = 0.05,
+                target_modules: tuple[str, ...] = ("q_proj", "v_proj")):
+    """Return the model itself when it carries LoRA adapters, else wrap it (in place, seeded A init)."""
+    if hasattr(model, "peft_config"):
+        return model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(lora_seed))
+        return add_lora(model, r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules))
+
+
+def lora_b_module(model, layer: int = -1, module: str = "v_proj") -> tuple[torch.nn.Module, int]:
+    """The LoRA B linear of `module` in decoder layer `layer` (negative counts from the end), and the index."""
+    found: dict[int, torch.nn.Module] = {}
+    for name, mod in model.named_modules():
+        if name.rsplit(".", 1)[-1] == module and hasattr(mod, "lora_B"):
+            m = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+            if m:
+                found[int(m.group(1))] = mod
+    if not found:
+        raise SignalError(f"the model has no LoRA adapter on a module named '{module}' inside its decoder layers "
+                          "(check lora.target_modules)")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    n_layers = int(getattr(base.config, "num_hidden_layers", max(found) + 1))
+    idx = int(layer) + n_layers if int(layer) < 0 else int(layer)
+    if not 0 <= idx < n_layers:
+        raise SignalError(f"grad_layer={layer} is out of range for a model with {n_layers} decoder layers")
+    if idx not in found:
+        raise SignalError(f"decoder layer {idx} (grad_layer={layer}) has no LoRA adapter on '{module}'")
+    mod = found[idx]
+    adapters = list(getattr(mod, "active_adapters", ["default"]))
+    if len(adapters) != 1:
+        raise SignalError(f"layer {idx} {module} has {len(adapters)} active LoRA adapters {adapters}; need one")
+    ad = adapters[0]
+    if getattr(mod, "merged", False):
+        raise SignalError(f"the LoRA adapter of layer {idx} {module} is merged into the weights; unmerge it first")
+    if ad in getattr(mod, "lora_variant", {}):
+        raise SignalError(f"layer {idx} {module} uses a LoRA variant ({type(mod.lora_variant[ad]).__name__}); "
+                          "only vanilla LoRA is supported")
+    return mod.lora_B[ad], idx
+
+
+def model_fingerprint(model) -> str:
+    """Cheap identity of a model's weights: config, parameter names and shapes, a strided sample of each."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    h = hashlib.sha256(type(base).__name__.encode())
+    cfg = base.config.to_dict()
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step][:4096].float().cpu().numpy()
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        h.update(sample.tobytes())
+    return h.hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def _grad_only_for(model, param: torch.nn.Parameter):
+    """Eval mode and requires_grad on `param` alone (backward stops at the chosen layer); restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    training = model.training
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        param.requires_grad_(True)
+        model.eval()
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+        model.train(training)
+
+
+# ------------------------------------------------------------------------------------------------------ losses
+def sample_losses(model, ids: torch.Tensor, mask: torch.Tensor, task: str, labels: torch.Tensor | None = None,
+                  yes_no: tuple[int, int] | None = None) -> torch.Tensor:
+    """Per-sample loss of a right-padded batch: SeqRec mean token CE over all real tokens; CTR 2-way CE."""
+    decoder, head = backbone(model)
+    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    if task == "seqrec":
+        logits = head(hidden[:, :-1]).float()
+        tgt, m = ids[:, 1:], mask[:, 1:].to(logits.dtype)
+        ce = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")
+        return (ce * m).sum(1) / m.sum(1).clamp_min(1.0)
+    last = mask.sum(1) - 1
+    h = hidden[torch.arange(len(ids), device=ids.device), last]
+    logits = head(h).float()[:, list(yes_no)]
+    target = (labels == 0).long()  # class 0 = "Yes" (label 1), class 1 = "No" (label 0)
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def _check_finite(loss: torch.Tensor, rows: np.ndarray, task: str) -> None:
+    bad = torch.nonzero(~torch.isfinite(loss.detach())).flatten().tolist()
+    if bad:
+        k = int(rows[bad[0]])
+        raise SignalError(f"non-finite {task} loss ({float(loss[bad[0]])}) for sample {k} "
+                          f"({len(bad)} in its batch); check the model weights and dtype")
+
+
+class _Capture:
+    """Forward hook keeping the input and output of one module (the LoRA B linear)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.a = self.out = None
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, mod, inputs, output):
+        self.a, self.out = inputs[0], output
+
+    def close(self):
+        self.handle.remove()
+        self.a = self.out = None
+
+
+def _batch_norms(model, lora_b: torch.nn.Module, enc: Encoded, rows: np.ndarray, task: str,
+                 yes_no, pad_id: int) -> np.ndarray:
+    """Gradient norms of the samples `rows` from one forward and one backward pass (closed form)."""
+    dev = model_device(model)
+    ids, mask = pad_right([enc.ids[k] for k in rows], pad_id, dev)
+    labels = torch.as_tensor(enc.labels[rows], device=dev) if enc.labels is not None else None
+    cap = _Capture(lora_b)
+    try:
+        loss = sample_losses(model, ids, mask, task, labels, yes_no)
+        _check_finite(loss, rows, task)
+        if cap.out is None:
+            raise SignalError("the LoRA B module was never called in the forward pass (adapters disabled?)")
+        (g,) = torch.autograd.grad(loss.sum(), cap.out)
+        a = cap.a.detach().float() * mask[..., None].float()
+        grads = torch.einsum("bto,btr->bor", g.float(), a)
+        return grads.flatten(1).norm(dim=1).cpu().numpy().astype(np.float32)
+    finally:
+        cap.close()
+
+
+# ------------------------------------------------------------------------------------------------- public API
+def _prepare(model, tokenizer, df, task, layer, max_len, lora_seed):
+    enc = encode(tokenizer, df, task, max_len)
+    yes_no = answer_token_ids(tokenizer) if task == "ctr" else None
+    model = ensure_lora(model, lora_seed=lora_seed)
+    lora_b, idx = lora_b_module(model, layer)
+    return model, enc, yes_no, lora_b, idx
+
+
+def grad_norms(model, tokenizer, df, task: str, layer: int = -1, batch_size: int = 8, max_len: int = 512,
+               shard_dir: str | Path | None = None, shard_size: int = 512, *, rank: int = 0,
+               world_size: int = 1, lora_seed: int = 0, progress: bool = True) -> np.ndarray | None:
+    """Per-sample gradient norms (N,) float32 w.r.t. LoRA B of v_proj at `layer`; batched closed form.
+
+    With `shard_dir`, shards of `shard_size` samples are cached under a content key and skipped when present
+    (resume); process `rank` of `world_size` fills shards rank, rank + world_size, ...; the full array is
+    returned once every shard exists, else None. A plain model is wrapped with LoRA in place (seed lora_seed).
+    """
+    if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+        raise SignalError(f"rank={rank} is not valid for world_size={world_size}")
+    model, enc, yes_no, lora_b, idx = _prepare(model, tokenizer, df, task, layer, max_len, lora_seed)
+    n, pad_id = len(enc.ids), pad_id_of(tokenizer)
+
+    def run(rows_list: list[np.ndarray], bar) -> list[np.ndarray]:
+        outs = []
+        for rows in rows_list:
+            res = np.empty(len(rows), dtype=np.float32)
+            for b in length_batches([len(enc.ids[k]) for k in rows], batch_size):
+                res[b] = _batch_norms(model, lora_b, enc, rows[b], task, yes_no, pad_id)
+                bar.update(len(b))
+            outs.append(res)
+        return outs
+
+    with _grad_only_for(model, lora_b.weight):
+        if shard_dir is None:
+            if world_size != 1:
+                raise SignalError("several processes need a shard_dir to write their shards to")
+            with tqdm(total=n, desc=f"grad norms ({task})", disable=not progress) as bar:
+                return run([np.arange(n)], bar)[0]
+        if int(shard_size) < 1:
+            raise SignalError(f"shard_size must be at least 1, got {shard_size}")
+        key = {"signal": "grad_norm", "version": CACHE_VERSION, "task": task, "layer": idx, "max_len": int(max_len),
+               "inputs": enc.digest(), "n": n, "model": model_fingerprint(model), "shard_size": int(shard_size)}
+        folder = Path(shard_dir) / f"grads-{config_hash(key)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "meta.json").exists():
+            with contextlib.suppress(FileExistsError, OSError):
+                write_json(folder / "meta.json", key)
+        n_shards = math.ceil(n / shard_size)
+        path = lambda s: folder / f"shard_{s:05d}.npy"  # noqa: E731
+        todo = [s for s in range(rank, n_shards, world_size) if not path(s).exists()]
+        if todo:
+            log.info("grad norms: rank %d computes %d of %d shards in %s", rank, len(todo), n_shards, folder)
+        total = sum(min(n, (s + 1) * shard_size) - s * shard_size for s in todo)
+        with tqdm(total=total, desc=f"grad norms ({task}, rank {rank})", disable=not progress) as bar:
+            for s in todo:
+                rows = np.arange(s * shard_size, min(n, (s + 1) * shard_size))
+                save_npy(path(s), run([rows], bar)[0])
+    if all(path(s).exists() for s in range(n_shards)):
+        out = np.concatenate([np.load(path(s)) for s in range(n_shards)]).astype(np.float32)
+        if len(out) != n:
+            raise SignalError(f"the shards in {folder} hold {len(out)} values for {n} samples; delete the folder")
+        return out
+    return None
+
+
+def grad_norms_loop(model, tokenizer, df, task: str, layer: int = -1, max_len: int = 512, lora_seed: int = 0,
+                    progress: bool = True) -> np.ndarray:
+    """Reference: one forward and backward per sample, the norm of lora_B.weight.grad (slow; for checks)."""
+    model, enc, yes_no, lora_b, idx = _prepare(model, tokenizer, df, task, layer, max_len, lora_seed)
+    dev, pad_id = model_device(model), pad_id_of(tokenizer)
+    out = np.empty(len(enc.ids), dtype=np.float32)
+    with _grad_only_for(model, lora_b.weight):
+        for k in tqdm(range(len(enc.ids)), desc=f"grad norms loop ({task})", disable=not progress):
+            ids, mask = pad_right([enc.ids[k]], pad_id, dev)
+            labels = torch.as_tensor(enc.labels[[k]], device=dev) if enc.labels is not None else None
+            loss = sample_losses(model, ids, mask, task, labels, yes_no)
+            _check_finite(loss, np.array([k]), task)
+            lora_b.weight.grad = None
+            loss.sum().backward()
+            out[k] = float(lora_b.weight.grad.float().norm())
+        lora_b.weight.grad = None
+    return out
+
+
+# ------------------------------------------------------------------------------------------ data-parallel CLI
+def _read_frame(path: str):
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise SignalError(f"data file does not exist: {p}")
+    if p.suffix == ".parquet":
+        return pd.read_parquet(p)
+    if p.suffix in (".jsonl", ".json"):
+        return pd.read_json(p, lines=p.suffix == ".jsonl")
+    raise SignalError(f"unsupported data file type {p.suffix!r} (use .parquet or .jsonl): {p}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: compute gradient norms for a split file, sharded across `accelerate launch` processes."""
+    import argparse
+
+    from accelerate import PartialState
+
+    from goracs.models import load_model
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--data", required=True, help="split as .parquet or .jsonl (instruction, input, output, label)")
+    ap.add_argument("--task", required=True, choices=["seqrec", "ctr"])
+    ap.add_argument("--model", default="smollm2_135m", help="smollm2_135m, llama7b or tiny")
+    ap.add_argument("--model-path", default=None)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--load-in-8bit", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="tiny model init and LoRA A init")
+    ap.add_argument("--layer", type=int, default=-1)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-len", type=int, default=512)
+    ap.add_argument("--shard-size", type=int, default=512)
+    ap.add_argument("--shard-dir", required=True)
+    ap.add_argument("--out", required=True, help="where the assembled (N,) float32 .npy goes")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    state = PartialState()
+    device = str(state.device)
+    df = _read_frame(args.data)
+    model, tok = load_model(args.model, args.model_path, dtype=args.dtype, load_in_8bit=args.load_in_8bit,
+                            device=device, seed=args.seed)
+    kw = dict(layer=args.layer, batch_size=args.batch_size, max_len=args.max_len, shard_dir=args.shard_dir,
+              shard_size=args.shard_size, lora_seed=args.seed)
+    grad_norms(model, tok, df, args.task, rank=state.process_index, world_size=state.num_processes,
+               progress=state.is_local_main_process, **kw)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        norms = grad_norms(model, tok, df, args.task, progress=False, **kw)
+        if norms is None:
+            raise SignalError(f"some gradient shards in {args.shard_dir} are missing after all processes finished")
+        with atomic_path(args.out) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, norms)
+        log.info("wrote %d gradient norms to %s", len(norms), args.out)
+    state.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""LoRA fine-tuning on the tiny LLaMA: loss goes down, the adapter is saved non-empty and reloads exactly,
+early stopping keeps the best checkpoint, CTR masks the prompt, bad inputs fail clearly."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from goracs.evaluate.common import DataError
+from goracs.models import tiny_llama
+from goracs.prompts import CTR_INSTRUCTION, SEQREC_INSTRUCTION, ctr_input, ctr_response, seqrec_input
+from goracs.train import (encode_samples, load_config_file, select_coreset, sequence_loss, train_config,
+                          train_lora)
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+TITLES = ["Space Raiders", "Kart Racer 3", "Puzzle Quest", "Dungeon Crawl", "Farm Story", "Zombie Night",
+          "Golf Pro", "Chess Master"]
+
+
+def seqrec_df(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        hist = [TITLES[j] for j in rng.choice(len(TITLES), 3, replace=False)]
+        tgt = TITLES[(i * 3) % len(TITLES)]
+        rows.append({"instruction": SEQREC_INSTRUCTION, "input": seqrec_input(hist), "output": f'"{tgt}"',
+                     "label": 1, "target": f"i{(i * 3) % len(TITLES)}"})
+    return pd.DataFrame(rows)
+
+
+def ctr_df(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        lab = int(i % 2)
+        rows.append({"instruction": CTR_INSTRUCTION,
+                     "input": ctr_input([TITLES[rng.integers(8)]], [TITLES[rng.integers(8)]], TITLES[i % 8]),
+                     "output": ctr_response(lab), "label": lab, "target": f"i{i % 8}"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    return load_config_file(ROOT / "configs/train/tiny.yaml")
+
+
+def test_config_files_merge_defaults():
+    d = train_config(load_config_file(ROOT / "configs/train/default.yaml"), "ctr")
+    assert d["lr"] == pytest.approx(1e-3) and d["cutoff_len"] == 256  # ctr override applied
+    p = train_config(load_config_file(ROOT / "configs/train/paper_ctr.yaml"), "ctr")
+    assert p["lr"] == pytest.approx(1e-5) and p["epochs"] == 200 and p["batch_size"] == 128
+    assert p["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+    s = train_config(load_config_file(ROOT / "configs/train/paper_seqrec.yaml"), "seqrec")
+    assert s["lr"] == pytest.approx(1e-4) and s["epochs"] == 50 and s["patience"] == 5
+
+
+def test_ctr_encoding_masks_the_prompt_and_seqrec_does_not():
+    _, tok = tiny_llama()
+    df = ctr_df(2)
+    ids, labels, _ = encode_samples(tok, df, "ctr", cutoff_len=None)
+    for i, l, out in zip(ids, labels, df["output"]):
+        kept = [t for t in l if t != -100]
+        assert tok.decode(kept) == out + tok.eos_token  # only the answer and eos carry loss
+        assert l[: len(l) - len(kept)] == [-100] * (len(l) - len(kept))
+    ids, labels, _ = encode_samples(tok, seqrec_df(2), "seqrec", cutoff_len=None)
+    assert all(i == l for i, l in zip(ids, labels))
+    ids, labels, n = encode_samples(tok, seqrec_df(2), "seqrec", cutoff_len=20, truncation="left")
+    assert n == 2 and all(len(i) == 20 for i in ids)
+    assert tok.decode(ids[0]).endswith(seqrec_df(2)["output"][0] + tok.eos_token)
+
+
+def test_finetune_lowers_loss_saves_nonempty_adapter_that_reloads(tmp_path, tiny_cfg):
+    from peft import PeftModel
+
+    model, tok = tiny_llama(seed=0)
+    df = seqrec_df(6)
+    before = sequence_loss(model, tok, df, "seqrec")
+    peft_model, rep = train_lora(model, tok, df, df, "seqrec", tiny_cfg, tmp_path)
+    after = sequence_loss(peft_model, tok, df, "seqrec")
+    assert after.mean() < before.mean() - 0.5, (before.mean(), after.mean())
+    assert rep["best_val_loss"] == pytest.approx(after.mean(), rel=1e-4)  # the kept checkpoint is the best one
+    assert rep["best_val_loss"] == min(h["val_loss"] for h in rep["history"][1:])
+    assert rep["steps"] == 8 * 2 and rep["adapter"]["tensors"] == 2 * 2 * 2  # 2 layers x q,v x A,B
+    ad = tmp_path / "adapter"
+    assert (ad / "adapter_model.safetensors").stat().st_size > 1000
+    assert (tmp_path / "train_report.json").exists()
+    fresh, _ = tiny_llama(seed=0)
+    reloaded = PeftModel.from_pretrained(fresh, str(ad)).eval()
+    x = tok(["hello world", "a b c"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a = peft_model(**x).logits
+        b = reloaded(**x).logits
+    torch.testing.assert_close(a, b)
+    # resume: the same config and data load the finished adapter instead of training again
+    cfg2 = {**train_config(tiny_cfg, "seqrec"), "resume": True}
+    m3, _ = tiny_llama(seed=0)
+    m3, rep3 = train_lora(m3, tok, df, df, "seqrec", cfg2, tmp_path)
+    assert rep3["resumed"] is False  # the first run was saved with resume off: same key, so now a rerun
+    m4, _ = tiny_llama(seed=0)
+    m4, rep4 = train_lora(m4, tok, df, df, "seqrec", cfg2, tmp_path)
+    assert rep4["resumed"] is True
+    with torch.no_grad():
+        torch.testing.assert_close(m4(**x).logits, m3(**x).logits)
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_cfg):
+    model, tok = tiny_llama(seed=1)
+    train, val = seqrec_df(4, seed=1), ctr_df(4)  # validation text unlike the training text
+    cfg = {**train_config(tiny_cfg, "seqrec"), "lr": 0.3, "max_grad_norm": 0, "epochs": 30, "patience": 2,
+           "eval_every_steps": 1}
+    peft_model, rep = train_lora(model, tok, train, val.assign(output=['"x"'] * 4), "seqrec", cfg, tmp_path)
+    assert rep["stopped_early"] and rep["steps"] < 30 * 1
+    assert rep["steps"] - rep["best_step"] == 2  # stopped after `patience` worse evaluations
+    vl = sequence_loss(peft_model, tok, val.assign(output=['"x"'] * 4), "seqrec")
+    assert vl.mean() == pytest.approx(rep["best_val_loss"], rel=1e-4)
+
+
+def test_ctr_finetune_lowers_answer_loss(tmp_path, tiny_cfg):
+    model, tok = tiny_llama(seed=2)
+    df = ctr_df(8)
+    before = sequence_loss(model, tok, df, "ctr")
+    peft_model, rep = train_lora(model, tok, df, df, "ctr", tiny_cfg, tmp_path)
+    after = sequence_loss(peft_model, tok, df, "ctr")
+    assert after.mean() < before.mean() - 0.5
+    assert rep["effective_batch"] == 4 and rep["grad_accum"] == 2
+
+
+def test_bad_inputs_fail_clearly(tmp_path, tiny_cfg):
+    model, tok = tiny_llama(seed=0)
+    df = seqrec_df(4)
+    with pytest.raises(DataError, match="empty coreset"):
+        train_lora(model, tok, df.iloc[:0], df, "seqrec", tiny_cfg, tmp_path)
+    with pytest.raises(DataError, match="missing column"):
+        train_lora(model, tok, df.drop(columns=["output"]), df, "seqrec", tiny_cfg, tmp_path)
+    with pytest.raises(DataError, match="Yes.' or 'No."):
+        train_lora(model, tok, df, df, "ctr", tiny_cfg, tmp_path)
+    with pytest.raises(DataError, match="another dataset"):
+        select_coreset(df, np.array([0, 7]))
+    with pytest.raises(DataError, match="empty coreset"):
+        select_coreset(df, np.array([], dtype=int))
+    with pytest.raises(DataError, match="duplicate"):
+        select_coreset(df, np.array([1, 1]))
+    assert list(select_coreset(df, np.array([2, 0])).index) == [2, 0]
