@@ -36,8 +36,9 @@ $(STAMP): requirements.txt pyproject.toml
 test: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q tests $(EXTRA)
 
+# the main job on the embedded default (synthetic data, no network)
 demo: setup
-	$(PY) -m goracs experiment=demo demo.full=$(FULL) $(EXTRA)
+	$(PY) -m goracs stage=stats $(EXTRA)
 
 clean-cache:
 	rm -rf cache outputs multirun
