@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from goracs.cache import StageCache
 from goracs.data.prepare import PreparedData, prepare
-from goracs.io import write_json, write_text
+from goracs.io import save_npy, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +70,257 @@ def run_stats(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     write_text(out_dir / "data_stats.md", table)
     write_json(out_dir / "data_stats.json", rows)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# signals -> selection -> fine-tuning -> evaluation, each cached by the hash of what determines it
+
+_MODELS: dict[str, Any] = {}
+
+
+def pool(cfg: DictConfig, data: PreparedData) -> dict[str, Any]:
+    """The samples the run works on: the prepared splits, optionally capped (seeded) by `task.pool`."""
+    caps = as_dict(cfg.task.get("pool") or {})
+    out = {"key": {"prepare": data.path.name, "pool": caps}}
+    rng = np.random.default_rng(int(cfg.seed) + 7919)
+    for split in ("train", "valid", "test"):
+        df = data.split(split)
+        cap = caps.get(f"max_{split}")
+        if cap is not None and len(df) > int(cap):
+            keep = np.sort(rng.choice(len(df), size=int(cap), replace=False))
+            df = df.iloc[keep].reset_index(drop=True)
+        out[split] = df
+    out["catalogue"] = data.catalogue
+    return out
+
+
+def base_model(cfg: DictConfig, fresh: bool = False):
+    """(model, tokenizer) of the configured LLM; `fresh` returns an unwrapped copy for training."""
+    from goracs.models import load_model
+
+    m = cfg.model
+    key = f"{m.name}:{m.get('path')}:{m.get('dtype')}"
+    if fresh or key not in _MODELS:
+        model, tok = load_model(m.name, path=m.get("path"), dtype=m.get("dtype", "float32"),
+                                load_in_8bit=bool(m.get("load_in_8bit", False)), device=_device(cfg),
+                                seed=int(cfg.seed))
+        if fresh:
+            return model, tok
+        _MODELS.clear()  # one resident model at a time
+        _MODELS[key] = (model, tok)
+    return _MODELS[key]
+
+
+def _device(cfg: DictConfig) -> str:
+    dev = str(cfg.get("device", "cpu"))
+    if dev == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return dev
+
+
+def model_key(cfg: DictConfig) -> dict[str, Any]:
+    """What identifies the LLM for caching."""
+    from goracs.io import file_fingerprint
+
+    m = as_dict(cfg.model)
+    if m.get("path"):
+        cfg_file = Path(m["path"]) / "config.json"
+        if cfg_file.exists():
+            m["fingerprint"] = file_fingerprint(cfg_file)
+    return m
+
+
+def compute_embeddings(cfg: DictConfig, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Sentence embeddings of the train and validation texts (method.md 4), cached by encoder and texts."""
+    from goracs.signals.embed import embed_texts, sample_texts
+
+    s = cfg.signals
+    task = cfg.task.name
+    kw = dict(encoder=s.encoder, batch_size=int(s.embed_batch_size), cache_dir=Path(cfg.paths.cache_dir) / "embed",
+              device=_device(cfg), normalize=bool(s.get("normalize_embeddings", False)),
+              progress=bool(cfg.progress))
+    return (embed_texts(sample_texts(p["train"], task), **kw),
+            embed_texts(sample_texts(p["valid"], task), **kw))
+
+
+def compute_grad_norms(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
+    """Per-sample LoRA-B gradient norms of the train pool, cached and resumable in shards."""
+    from goracs.signals.grads import grad_norms
+
+    s = cfg.signals
+    key = {"pool": p["key"], "task": cfg.task.name, "model": model_key(cfg), "layer": int(s.grad_layer),
+           "max_len": int(s.max_len), "lora_seed": int(s.lora_seed), "lora": as_dict(cfg.model.lora)}
+    cache = stage_cache(cfg)
+    out = cache.path("grads", key)
+    if not cache.done("grads", key):
+        model, tok = base_model(cfg, fresh=True)  # wrapped with LoRA in place: never the shared copy
+        norms = grad_norms(model, tok, p["train"], cfg.task.name, layer=int(s.grad_layer),
+                           batch_size=int(s.grad_batch_size), max_len=int(s.max_len),
+                           shard_dir=out.with_name(out.name + ".shards"), shard_size=int(s.grad_shard_size),
+                           lora_seed=int(s.lora_seed), progress=bool(cfg.progress))
+        with cache.build("grads", key) as tmp:
+            save_npy(tmp / "grad_norms.npy", np.asarray(norms, dtype=np.float32))
+    return np.load(out / "grad_norms.npy")
+
+
+def compute_el2n(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
+    """EL2N scores of the train pool, after an optional warm-up fine-tune on a random subset."""
+    from goracs.signals.el2n import el2n_scores
+
+    s = cfg.signals
+    warm = int(s.el2n_warmup_epochs)
+    key = {"pool": p["key"], "task": cfg.task.name, "model": model_key(cfg), "max_len": int(s.max_len),
+           "warmup_epochs": warm, "warmup_samples": int(s.el2n_warmup_samples), "seed": int(s.el2n_warmup_seed),
+           "train": as_dict(cfg.train) if warm else None}
+    cache = stage_cache(cfg)
+    if not cache.done("el2n", key):
+        model, tok = base_model(cfg, fresh=True)
+        if warm > 0:
+            from goracs.train import train_lora
+
+            rng = np.random.default_rng(int(s.el2n_warmup_seed))
+            n = min(int(s.el2n_warmup_samples), len(p["train"]))
+            sub = p["train"].iloc[np.sort(rng.choice(len(p["train"]), size=n, replace=False))]
+            tcfg = {**as_dict(cfg.train), "epochs": warm}
+            model, _ = train_lora(model, tok, sub, p["valid"], cfg.task.name, tcfg,
+                                  cache.path("el2n", key).with_name(cache.path("el2n", key).name + ".warmup"))
+        scores = el2n_scores(model, tok, p["train"], cfg.task.name, batch_size=int(s.el2n_batch_size),
+                             max_len=int(s.max_len), progress=bool(cfg.progress))
+        with cache.build("el2n", key) as tmp:
+            save_npy(tmp / "el2n.npy", np.asarray(scores, dtype=np.float32))
+    return np.load(cache.path("el2n", key) / "el2n.npy")
+
+
+def selector_params(cfg: DictConfig) -> tuple[str, int, dict[str, Any]]:
+    """(name, budget, constructor parameters) of the configured selector."""
+    params = as_dict(cfg.selector)
+    name = params.pop("name")
+    budget = int(params.pop("budget"))
+    return name, budget, params
+
+
+def build_signals(cfg: DictConfig, p: dict[str, Any], needs: tuple[str, ...]):
+    """The Signals a selector needs (computed or loaded from the cache), plus their cache keys."""
+    from goracs.selection.base import Signals
+
+    sig = Signals()
+    if {"embeddings", "val_embeddings"} & set(needs):
+        sig.embeddings, sig.val_embeddings = compute_embeddings(cfg, p)
+    if "grad_norms" in needs:
+        sig.grad_norms = compute_grad_norms(cfg, p)
+    if "el2n" in needs:
+        sig.el2n = compute_el2n(cfg, p)
+    if cfg.task.name == "ctr":
+        sig.labels = p["train"]["label"].to_numpy().astype(np.int64)
+        sig.val_labels = p["valid"]["label"].to_numpy().astype(np.int64)
+    if "extra" in needs:
+        sig.extra = sequence_signals(p)
+    return sig
+
+
+def sequence_signals(p: dict[str, Any]) -> dict[str, Any]:
+    """Item-index histories and targets of the train pool (for surrogate-model selectors such as DEALRec)."""
+    items = {it: k for k, it in enumerate(p["catalogue"]["item_id"])}
+    return {"histories": [[items[i] for i in h if i in items] for h in p["train"]["history"]],
+            "targets": np.array([items.get(t, -1) for t in p["train"]["target"]], dtype=np.int64),
+            "n_items": len(items)}
+
+
+def run_select(cfg: DictConfig, p: dict[str, Any]) -> dict[str, Any]:
+    """Select the coreset with the configured selector; cached by signals, selector settings, budget and seed."""
+    from goracs.selection.base import make_selector
+
+    name, budget, params = selector_params(cfg)
+    selector = make_selector(name, **params)
+    needs = tuple(getattr(selector, "needs", ())) + tuple(getattr(selector, "extra_needs", ()))
+    key = {"pool": p["key"], "task": cfg.task.name, "selector": name, "params": params, "budget": budget,
+           "seed": int(cfg.seed), "needs": sorted(needs),
+           "signals": {"encoder": cfg.signals.encoder, "model": model_key(cfg) if
+                       {"grad_norms", "el2n"} & set(needs) else None,
+                       "grad": [int(cfg.signals.grad_layer), int(cfg.signals.max_len), int(cfg.signals.lora_seed)],
+                       "el2n": [int(cfg.signals.el2n_warmup_epochs), int(cfg.signals.el2n_warmup_samples)]}}
+    cache = stage_cache(cfg)
+    if not cache.done("select", key):
+        sig = build_signals(cfg, p, needs)
+        t = time.perf_counter()
+        sel = selector.select(sig, budget, seed=int(cfg.seed))
+        sel.report.setdefault("select_seconds", time.perf_counter() - t)
+        with cache.build("select", key) as tmp:
+            save_npy(tmp / "indices.npy", sel.indices)
+            write_json(tmp / "report.json", sel.report)
+    path = cache.path("select", key)
+    return {"key": key, "path": path, "indices": np.load(path / "indices.npy"),
+            "report": json.loads((path / "report.json").read_text())}
+
+
+def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=None) -> dict[str, Any]:
+    """LoRA fine-tuning on the coreset; the adapter is cached by the selection, model and training settings."""
+    from goracs.train import train_lora
+
+    key = {"select": sel["path"].name, "model": model_key(cfg), "train": as_dict(cfg.train)}
+    cache = stage_cache(cfg)
+    out = cache.path("train", key)
+    coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
+    model, tok = base_model(cfg, fresh=True)
+    model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, as_dict(cfg.train), out,
+                               logger=logger)
+    if not cache.done("train", key):
+        write_json(out / "key.json", key)
+        (out / "_DONE").touch()
+    return {"key": key, "path": out, "model": model, "tokenizer": tok, "report": report}
+
+
+def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the fine-tuned model on the test split; metrics cached by the adapter and evaluation settings."""
+    key = {"train": trained["path"].name, "eval": as_dict(cfg.eval), "task": cfg.task.name,
+           "test": p["key"]}
+    cache = stage_cache(cfg)
+    if not cache.done("evaluate", key):
+        model, tok = trained["model"], trained["tokenizer"]
+        model.eval()
+        if cfg.task.name == "ctr":
+            from goracs.evaluate.ctr import evaluate_ctr
+
+            metrics = evaluate_ctr(model, tok, p["test"], as_dict(cfg.eval))
+        else:
+            from goracs.evaluate.seqrec import evaluate_seqrec
+
+            base, _ = base_model(cfg)
+            metrics = evaluate_seqrec(model, base, tok, p["test"], p["catalogue"], as_dict(cfg.eval),
+                                      cache_dir=Path(cfg.paths.cache_dir) / "catalogue")
+        with cache.build("evaluate", key) as tmp:
+            write_json(tmp / "metrics.json", metrics)
+    return json.loads((cache.path("evaluate", key) / "metrics.json").read_text())
+
+
+SCALAR_METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "auc", "logloss", "accuracy")
+
+
+def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """prepare -> signals -> select -> train -> evaluate for one dataset, task, selector and seed."""
+    from goracs.report.wandb import make_logger
+
+    t0 = time.perf_counter()
+    data = run_prepare(cfg)
+    p = pool(cfg, data)
+    with make_logger(cfg.logger, as_dict(cfg), out_dir) as logger:
+        sel = run_select(cfg, p)
+        logger.log_coreset(sel["indices"])
+        if "poo_trajectory" in sel["report"]:
+            logger.log_trajectory(sel["report"]["poo_trajectory"])
+        trained = run_train(cfg, p, sel, logger=logger)
+        metrics = run_evaluate(cfg, p, trained)
+        scalars = {k: float(metrics[k]) for k in metrics if k.lower() in SCALAR_METRICS}
+        result = {"dataset": cfg.dataset.name, "task": cfg.task.name, "selector": cfg.selector.name,
+                  "budget": int(cfg.selector.budget), "lam": cfg.selector.get("lam"), "seed": int(cfg.seed),
+                  "n_train_pool": len(p["train"]), "n_test": len(p["test"]), **scalars,
+                  "select_seconds": sel["report"].get("select_seconds"),
+                  "train_report": {k: v for k, v in trained["report"].items() if not isinstance(v, (list, dict))},
+                  "selection_report": {k: v for k, v in sel["report"].items() if not isinstance(v, (list, dict))},
+                  "poo_trajectory": sel["report"].get("poo_trajectory"),
+                  "wall_seconds": time.perf_counter() - t0}
+        logger.log_metrics(scalars)
+        write_json(out_dir / "metrics.json", result)
+    return result

@@ -1,0 +1,95 @@
+"""Aggregate run folders (each holding a metrics.json) into results tables: mean +- std over seeds, best per
+column marked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from goracs.io import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+METRICS = {"seqrec": ["hr@5", "hr@10", "ndcg@5", "ndcg@10"], "ctr": ["auc", "logloss"]}
+LOWER_IS_BETTER = {"logloss"}
+GROUP = ["dataset", "task", "selector", "budget", "lam"]
+
+
+def collect(roots: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """One row per metrics.json found under the given folders (recursively)."""
+    rows = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("metrics.json")):
+            try:
+                m = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from e
+            if not {"dataset", "task", "selector"} <= set(m):
+                continue  # a stage artifact, not a run summary
+            rows.append({**{k: v for k, v in m.items() if not isinstance(v, (list, dict))}, "run_dir": str(path.parent)})
+    return pd.DataFrame(rows)
+
+
+def summarise(runs: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Mean and std over seeds of the task's metrics, one row per dataset x selector x budget x lambda."""
+    metrics = METRICS[task]
+    df = runs[runs["task"] == task].copy()
+    if df.empty:
+        return pd.DataFrame()
+    for col in GROUP:
+        if col not in df:
+            df[col] = np.nan
+    df["lam"] = df["lam"].astype(object).where(df["lam"].notna(), "-")
+    df = df.drop_duplicates(GROUP + ["seed"], keep="last")  # a re-run of a finished job counts once
+    agg = {}
+    for m in metrics:
+        if m in df:
+            agg[f"{m}_mean"] = (m, "mean")
+            agg[f"{m}_std"] = (m, lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0)
+    agg["seeds"] = ("seed", "nunique")
+    return df.groupby(GROUP, dropna=False).agg(**agg).reset_index()
+
+
+def to_markdown(summary: pd.DataFrame, task: str) -> str:
+    """A markdown table with mean +- std; the best mean per dataset and metric is in bold."""
+    if summary.empty:
+        return f"No {task} runs found.\n"
+    metrics = [m for m in METRICS[task] if f"{m}_mean" in summary]
+    best = {}
+    for ds, part in summary.groupby("dataset"):
+        for m in metrics:
+            col = part[f"{m}_mean"]
+            best[(ds, m)] = col.min() if m in LOWER_IS_BETTER else col.max()
+    head = ["dataset", "selector", "budget", "lambda"] + [m.upper() for m in metrics] + ["seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary.sort_values(["dataset", "budget", "selector"]).to_dict("records"):
+        cells = [str(r["dataset"]), str(r["selector"]), str(int(r["budget"])), str(r["lam"])]
+        for m in metrics:
+            mean, std = r[f"{m}_mean"], r[f"{m}_std"]
+            text = f"{mean:.4f} ± {std:.4f}"
+            cells.append(f"**{text}**" if np.isclose(mean, best[(r['dataset'], m)]) else text)
+        cells.append(str(r["seeds"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    lower = [m for m in metrics if m in LOWER_IS_BETTER]
+    note = f" (lower is better for {', '.join(lower)})" if lower else ""
+    return "\n".join(lines) + f"\n\nMean ± std over seeds; best mean per dataset in bold{note}.\n"
+
+
+def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """Write table_<task>.md and table_<task>.csv for both tasks; returns the summaries."""
+    runs = collect(roots)
+    out_dir = Path(out_dir)
+    out = {}
+    for task in METRICS:
+        s = summarise(runs, task) if not runs.empty else pd.DataFrame()
+        write_text(out_dir / f"table_{task}.md", f"# {task} results\n\n" + to_markdown(s, task))
+        with atomic_path(out_dir / f"table_{task}.csv") as tmp:
+            s.to_csv(tmp, index=False)
+        out[task] = s
+    return out

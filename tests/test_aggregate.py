@@ -1,0 +1,72 @@
+"""Aggregation of run folders into the results tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from goracs.report.aggregate import collect, summarise, to_markdown, write_tables
+
+
+def fake_runs(root):
+    rng = np.random.default_rng(0)
+    truth = {}
+    k = 0
+    for sel in ("goracs", "random"):
+        for seed in (0, 1, 2):
+            k += 1
+            hr = {"goracs": 0.30, "random": 0.20}[sel] + 0.01 * seed
+            auc = {"goracs": 0.70, "random": 0.65}[sel] - 0.02 * seed
+            ll = {"goracs": 0.50, "random": 0.60}[sel] + 0.01 * seed
+            for task, m in (("seqrec", {"hr@5": hr, "hr@10": hr + 0.1, "ndcg@5": hr / 2, "ndcg@10": hr / 2 + 0.05}),
+                            ("ctr", {"auc": auc, "logloss": ll})):
+                d = root / f"run{k}_{task}"
+                d.mkdir(parents=True)
+                (d / "metrics.json").write_text(json.dumps({"dataset": "synthetic", "task": task, "selector": sel,
+                                                            "budget": 64, "lam": 0.5 if sel == "goracs" else None,
+                                                            "seed": seed, **m, "poo_trajectory": [1.0, 0.9]}))
+                truth.setdefault((task, sel), []).append(m)
+    # a stage artifact that is not a run summary must be ignored
+    (root / "cache").mkdir()
+    (root / "cache" / "metrics.json").write_text(json.dumps({"auc": 0.1}))
+    return truth
+
+
+def test_summary_numbers(tmp_path):
+    truth = fake_runs(tmp_path)
+    runs = collect([tmp_path])
+    assert len(runs) == 12
+    s = summarise(runs, "ctr").set_index("selector")
+    for sel in ("goracs", "random"):
+        aucs = [m["auc"] for m in truth[("ctr", sel)]]
+        assert np.isclose(s.loc[sel, "auc_mean"], np.mean(aucs))
+        assert np.isclose(s.loc[sel, "auc_std"], np.std(aucs, ddof=1))
+        assert s.loc[sel, "seeds"] == 3
+    q = summarise(runs, "seqrec").set_index("selector")
+    assert np.isclose(q.loc["random", "ndcg@10_mean"], np.mean([m["ndcg@10"] for m in truth[("seqrec", "random")]]))
+
+
+def test_best_marked_and_lower_is_better(tmp_path):
+    fake_runs(tmp_path)
+    s = summarise(collect([tmp_path]), "ctr")
+    md = to_markdown(s, "ctr")
+    goracs_row = next(line for line in md.splitlines() if "| goracs |" in line)
+    random_row = next(line for line in md.splitlines() if "| random |" in line)
+    # goracs has the higher AUC and the lower log-loss: both bold; random neither
+    assert goracs_row.count("**") == 4 and "**" not in random_row
+
+
+def test_write_tables_and_rerun_counts_once(tmp_path):
+    fake_runs(tmp_path / "runs")
+    # a re-run of a finished job (same group and seed) must not double-count
+    dup = tmp_path / "runs" / "rerun"
+    dup.mkdir()
+    src = next((tmp_path / "runs").glob("run1_seqrec"))
+    (dup / "metrics.json").write_text((src / "metrics.json").read_text())
+    out = write_tables([tmp_path / "runs"], tmp_path / "results")
+    assert out["seqrec"]["seeds"].tolist() == [3, 3]
+    csv = pd.read_csv(tmp_path / "results" / "table_seqrec.csv")
+    assert set(csv["selector"]) == {"goracs", "random"}
+    assert (tmp_path / "results" / "table_ctr.md").read_text().startswith("# ctr results")
