@@ -1,0 +1,71 @@
+"""Figures for results people look at: metric against lambda and budget, POO descent, POO against test loss."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on these machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from goracs.io import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def metric_vs(runs: pd.DataFrame, x: str, metric: str, path: str | os.PathLike, title: str = "") -> Path:
+    """Mean (+- std over seeds) of `metric` against `x` (lam or budget), one line per selector."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    df = runs.dropna(subset=[metric, x])
+    for sel, part in df.groupby("selector"):
+        g = part.groupby(x)[metric].agg(["mean", "std"]).reset_index().sort_values(x)
+        ax.errorbar(g[x].astype(float), g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=sel)
+    ax.set_xlabel({"lam": "lambda", "budget": "budget n"}.get(x, x))
+    if x == "budget":
+        ax.set_xscale("log", base=2)
+    ax.set_ylabel(metric.upper())
+    ax.set_title(title or f"{metric.upper()} against {x}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def poo_descent(trajectories: dict[str, list[float]], path: str | os.PathLike) -> Path:
+    """POO after each accepted exchange of the refinement, one line per run."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, traj in trajectories.items():
+        ax.plot(np.arange(len(traj)), traj, marker=".", label=label)
+    ax.set_xlabel("accepted exchanges")
+    ax.set_ylabel("POO (OT cost to validation set)")
+    ax.set_title("POO descent during ITRA refinement")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def proxy_check(poo: np.ndarray, loss: np.ndarray, kinds: list[str], path: str | os.PathLike) -> Path:
+    """POO of subsets against the test loss after fine-tuning on them (is POO a good proxy?)."""
+    from scipy.stats import spearmanr
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    kinds = np.asarray(kinds)
+    for kind in sorted(set(kinds)):
+        m = kinds == kind
+        ax.scatter(np.asarray(poo)[m], np.asarray(loss)[m], label=kind, s=25)
+    rho = spearmanr(poo, loss).statistic if len(poo) > 2 else float("nan")
+    ax.set_xlabel("POO of the subset")
+    ax.set_ylabel("test loss after fine-tuning")
+    ax.set_title(f"Proxy check (Spearman {rho:.2f})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
