@@ -4,3 +4,4 @@ from baselines import el2n, grand, kcenter, random  # noqa: F401  (each module r
 from baselines import ccs  # noqa: F401
 from baselines import d2pruning  # noqa: F401
 from baselines import moderate  # noqa: F401
+from baselines import dealrec  # noqa: F401
