@@ -114,16 +114,25 @@ def encode_samples(tokenizer, df, task: str, cutoff_len: int | None = 512, trunc
 def _collate(pad_id: int):
     def fn(items):
         idx = torch.tensor([i for i, _, _ in items], dtype=torch.long)
-        ids, mask, labels = pad_batch([s for _, s, _ in items], pad_id, "right", [l for _, _, l in items])
+        ids, mask, labels = pad_batch([s for _, s, _ in items], pad_id, "left", [l for _, _, l in items])
         return {"idx": idx, "input_ids": ids, "attention_mask": mask, "labels": labels}
     return fn
 
 
 def _token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token cross-entropy (B, L-1) of the next-token predictions and the mask of counted tokens."""
-    out = lm_forward(model, batch["input_ids"], batch["attention_mask"])
-    logits = out.logits[:, :-1].float()
-    tgt = batch["labels"][:, 1:]
+    """Per-token cross-entropy of the next-token predictions and the mask of counted tokens.
+
+    Batches are left-padded, so the labelled tokens sit at the end of every row; logits are computed only
+    for the last positions that predict a label (the answer alone for CTR: far cheaper than the vocabulary
+    over the whole prompt)."""
+    labels = batch["labels"]
+    n = labels.shape[1]
+    has = labels != -100
+    first = torch.where(has.any(1), has.int().argmax(1), torch.full_like(has[:, 0], n - 1, dtype=torch.long))
+    keep = min(n, int((n - first).max()) + 1)
+    out = lm_forward(model, batch["input_ids"], batch["attention_mask"], logits_to_keep=keep)
+    logits = out.logits[:, -keep:-1].float()
+    tgt = labels[:, n - keep + 1:]
     mask = tgt != -100
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.clamp(min=0).reshape(-1),
                                            reduction="none").view_as(tgt)
@@ -149,7 +158,7 @@ def sequence_loss(model, tokenizer, df, task: str, cutoff_len: int | None = 512,
         from tqdm.auto import tqdm
 
         for s in tqdm(starts, desc="loss", disable=not progress, leave=False):
-            b_ids, b_mask, b_lab = pad_batch(ids[s:s + batch_size], tokenizer.pad_token_id, "right",
+            b_ids, b_mask, b_lab = pad_batch(ids[s:s + batch_size], tokenizer.pad_token_id, "left",
                                              labels[s:s + batch_size])
             ce, m = _token_losses(model, {"input_ids": b_ids.to(dev), "attention_mask": b_mask.to(dev),
                                           "labels": b_lab.to(dev)})

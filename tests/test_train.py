@@ -110,14 +110,15 @@ def test_finetune_lowers_loss_saves_nonempty_adapter_that_reloads(tmp_path, tiny
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_cfg):
     model, tok = tiny_llama(seed=1)
-    train, val = seqrec_df(4, seed=1), ctr_df(4)  # validation text unlike the training text
-    cfg = {**train_config(tiny_cfg, "seqrec"), "lr": 0.3, "max_grad_norm": 0, "epochs": 30, "patience": 2,
-           "eval_every_steps": 1}
-    peft_model, rep = train_lora(model, tok, train, val.assign(output=['"x"'] * 4), "seqrec", cfg, tmp_path)
-    assert rep["stopped_early"] and rep["steps"] < 30 * 1
-    assert rep["steps"] - rep["best_step"] == 2  # stopped after `patience` worse evaluations
-    vl = sequence_loss(peft_model, tok, val.assign(output=['"x"'] * 4), "seqrec")
-    assert vl.mean() == pytest.approx(rep["best_val_loss"], rel=1e-4)
+    train = ctr_df(4).assign(output="Yes.", label=1)
+    val = ctr_df(4).assign(output="No.", label=0)  # falls while "." and eos are learnt, then rises with P(Yes)
+    cfg = {**train_config(tiny_cfg, "ctr"), "epochs": 30, "patience": 2, "eval_every_steps": 1}
+    peft_model, rep = train_lora(model, tok, train, val, "ctr", cfg, tmp_path)
+    assert rep["stopped_early"] and rep["steps"] < 30 and rep["steps"] == rep["best_step"] + 2  # 2 worse evals
+    assert [h["step"] for h in rep["history"]] == list(range(rep["steps"] + 1))
+    assert all(h["val_loss"] > rep["best_val_loss"] for h in rep["history"][rep["best_step"] + 1:])
+    vl = sequence_loss(peft_model, tok, val, "ctr")
+    assert vl.mean() == pytest.approx(rep["best_val_loss"], rel=1e-5)  # the best checkpoint was restored
 
 
 def test_ctr_finetune_lowers_answer_loss(tmp_path, tiny_cfg):
