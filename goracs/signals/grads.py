@@ -6,7 +6,10 @@ gradient g_t, so one sample's gradient is sum_t g_t a_t^T. Because the samples o
 mode, causal attention, right padding, per-sample losses summed), the gradient of the summed loss w.r.t. the
 captured lora_B output holds every sample's g_t at once; an einsum over tokens gives all per-sample gradients.
 
-Run data-parallel with: accelerate launch [--cpu] --num_processes K -m goracs.signals.grads --data ... --out ...
+Run data-parallel with scripts/grads_distributed.py (or python -m goracs.signals.grads) under
+  accelerate launch --multi_gpu --num_processes K scripts/grads_distributed.py [--cpu] --data ... --out ...
+(on a CPU-only machine too: accelerate 1.15 starts a single process for `accelerate launch --cpu` unless an MPI
+hostfile is given, while --multi_gpu goes through torchrun and the script then joins a gloo group on the CPU).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -38,8 +42,8 @@ CACHE_VERSION = 1
 def ensure_lora(model, lora_seed: int = 0, r: int = 8, alpha: int = 16, dropout: float = 0.05,
                 target_modules: tuple[str, ...] = ("q_proj", "v_proj")):
     """Return the model itself when it carries LoRA adapters, else wrap it (in place, seeded A init)."""
-    if hasattr(model, "peft_config"):
-        return model
+    if hasattr(model, "peft_config") or any(hasattr(m, "lora_A") for m in model.modules()):
+        return model  # a PeftModel, or a base model whose layers already carry injected LoRA adapters
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(lora_seed))
         return add_lora(model, r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules))
@@ -86,6 +90,7 @@ def model_fingerprint(model) -> str:
         flat = p.detach().reshape(-1)
         step = max(1, flat.numel() // 4096)
         sample = flat[::step][:4096].float().cpu().numpy()
+        name = name.removeprefix("base_model.model.")  # same key for a PeftModel and its injected base model
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
         h.update(sample.tobytes())
     return h.hexdigest()[:24]
@@ -130,7 +135,7 @@ def _check_finite(loss: torch.Tensor, rows: np.ndarray, task: str) -> None:
     bad = torch.nonzero(~torch.isfinite(loss.detach())).flatten().tolist()
     if bad:
         k = int(rows[bad[0]])
-        raise SignalError(f"non-finite {task} loss ({float(loss[bad[0]])}) for sample {k} "
+        raise SignalError(f"non-finite {task} loss ({float(loss[bad[0]].detach())}) for sample {k} "
                           f"({len(bad)} in its batch); check the model weights and dtype")
 
 
@@ -291,14 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-dir", required=True)
     ap.add_argument("--out", required=True, help="where the assembled (N,) float32 .npy goes")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cpu", action="store_true", help="stay on the CPU (gloo) even when CUDA is available")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    state = PartialState()
+    use_cpu = args.cpu or not torch.cuda.is_available() or \
+        os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    state = PartialState(cpu=use_cpu)
     device = str(state.device)
     df = _read_frame(args.data)
     model, tok = load_model(args.model, args.model_path, dtype=args.dtype, load_in_8bit=args.load_in_8bit,
                             device=device, seed=args.seed)
+    model = ensure_lora(model, lora_seed=args.seed)
+    log.info("rank %d of %d on %s", state.process_index, state.num_processes, device)
     kw = dict(layer=args.layer, batch_size=args.batch_size, max_len=args.max_len, shard_dir=args.shard_dir,
               shard_size=args.shard_size, lora_seed=args.seed)
     grad_norms(model, tok, df, args.task, rank=state.process_index, world_size=state.num_processes,

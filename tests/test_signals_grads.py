@@ -1,0 +1,201 @@
+"""Per-sample LoRA-B gradient norms: batched closed form vs a backward loop, shards, resume, processes, errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from goracs.models import ModelError, tiny_llama
+from goracs.signals import grads as G
+from goracs.signals.common import SignalError, answer_token_ids, encode
+from goracs.signals.toy import toy_split
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A LoRA-wrapped tiny LLaMA (seeded) and the SmolLM2 tokenizer."""
+    model, tok = tiny_llama(seed=0)
+    return G.ensure_lora(model, lora_seed=0), tok
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return {"seqrec": toy_split(10, "seqrec", seed=1), "ctr": toy_split(10, "ctr", seed=2)}
+
+
+@pytest.mark.parametrize("task", ["seqrec", "ctr"])
+def test_batched_equals_per_sample_loop(tiny, frames, task):
+    model, tok = tiny
+    df = frames[task]
+    batched = G.grad_norms(model, tok, df, task, batch_size=4, progress=False)
+    loop = G.grad_norms_loop(model, tok, df, task, progress=False)
+    assert batched.shape == (len(df),) and batched.dtype == np.float32
+    assert np.all(loop > 0), "B = 0 at init but its gradient must not vanish"
+    np.testing.assert_allclose(batched, loop, rtol=1e-4, atol=0)
+    assert np.std(loop) > 0  # samples differ, so a constant answer could not pass
+
+
+def test_layer_setting_changes_target(tiny, frames):
+    model, tok = tiny
+    df = frames["seqrec"]
+    first = G.grad_norms(model, tok, df, "seqrec", layer=0, batch_size=5, progress=False)
+    np.testing.assert_allclose(first, G.grad_norms_loop(model, tok, df, "seqrec", layer=0, progress=False),
+                               rtol=1e-4)
+    last = G.grad_norms(model, tok, df, "seqrec", layer=-1, batch_size=5, progress=False)
+    assert not np.allclose(first, last)
+    with pytest.raises(SignalError, match="grad_layer=5"):
+        G.grad_norms(model, tok, df, "seqrec", layer=5, progress=False)
+
+
+def test_plain_model_is_wrapped_like_a_seeded_lora(frames):
+    model, tok = tiny_llama(seed=0)
+    assert not hasattr(model, "peft_config")
+    out = G.grad_norms(model, tok, frames["ctr"], "ctr", batch_size=5, lora_seed=3, progress=False)
+    ref_model, _ = tiny_llama(seed=0, vocab_from=tok)
+    ref = G.grad_norms_loop(G.ensure_lora(ref_model, lora_seed=3), tok, frames["ctr"], "ctr", progress=False)
+    np.testing.assert_allclose(out, ref, rtol=1e-4)
+
+
+def test_interrupted_run_resumes_identically(tiny, frames, tmp_path, monkeypatch):
+    model, tok = tiny
+    df = frames["seqrec"]
+    kw = dict(batch_size=2, shard_size=3, progress=False)
+    fresh = G.grad_norms(model, tok, df, "seqrec", shard_dir=tmp_path / "fresh", **kw)
+
+    real, calls = G._batch_norms, {"n": 0}
+
+    def dies_on_third_batch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(*a, **k)
+
+    monkeypatch.setattr(G, "_batch_norms", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        G.grad_norms(model, tok, df, "seqrec", shard_dir=tmp_path / "run", **kw)
+    shards = sorted((tmp_path / "run").glob("grads-*/shard_*.npy"))
+    assert len(shards) == 1  # shard 0 (3 samples = 2 batches) finished; the 3rd batch died in shard 1
+    assert not list((tmp_path / "run").glob("grads-*/*.tmp"))
+
+    calls["n"] = -10**9  # never fail again; count the batches the resumed run needs
+    start = calls["n"]
+    resumed = G.grad_norms(model, tok, df, "seqrec", shard_dir=tmp_path / "run", **kw)
+    assert calls["n"] - start == 5  # shards 1, 2, 3 (3 + 3 + 1 samples) in batches of 2; shard 0 not redone
+    np.testing.assert_array_equal(resumed, fresh)
+    np.testing.assert_allclose(resumed, G.grad_norms(model, tok, df, "seqrec", batch_size=4, progress=False),
+                               rtol=1e-5)
+    # a second call is served from the shards without any forward pass
+    monkeypatch.setattr(G, "_batch_norms", lambda *a, **k: pytest.fail("recomputed a cached shard"))
+    np.testing.assert_array_equal(G.grad_norms(model, tok, df, "seqrec", shard_dir=tmp_path / "run", **kw), fresh)
+
+
+def test_cache_key_separates_settings(tiny, frames, tmp_path):
+    model, tok = tiny
+    df = frames["ctr"]
+    G.grad_norms(model, tok, df, "ctr", shard_dir=tmp_path, shard_size=5, progress=False)
+    G.grad_norms(model, tok, df, "ctr", shard_dir=tmp_path, shard_size=5, layer=0, progress=False)
+    G.grad_norms(model, tok, df.iloc[:6], "ctr", shard_dir=tmp_path, shard_size=5, progress=False)
+    assert len(list(tmp_path.glob("grads-*"))) == 3
+
+
+def test_ranks_fill_disjoint_shards(tiny, frames, tmp_path):
+    model, tok = tiny
+    df = frames["ctr"]
+    kw = dict(shard_dir=tmp_path, shard_size=3, batch_size=2, progress=False)
+    assert G.grad_norms(model, tok, df, "ctr", rank=1, world_size=2, **kw) is None  # shards 1, 3 only
+    names = sorted(p.name for p in tmp_path.glob("grads-*/shard_*.npy"))
+    assert names == ["shard_00001.npy", "shard_00003.npy"]
+    out = G.grad_norms(model, tok, df, "ctr", rank=0, world_size=2, **kw)
+    np.testing.assert_allclose(out, G.grad_norms_loop(model, tok, df, "ctr", progress=False), rtol=1e-4)
+
+
+def test_two_process_accelerate_matches_one_process(tmp_path, frames):
+    df = frames["ctr"]
+    data = tmp_path / "ctr.parquet"
+    df.to_parquet(data, index=False)
+    common = ["--data", str(data), "--task", "ctr", "--model", "tiny", "--seed", "0", "--batch-size", "2",
+              "--shard-size", "3"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", ACCELERATE_DISABLE_RICH="1")
+    # `accelerate launch --cpu` starts ONE process in accelerate 1.15 (no MPI hostfile); --multi_gpu goes through
+    # torchrun and works without a GPU; the script's own --cpu then joins a gloo group on the CPU
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "scripts" / "grads_distributed.py"), "--cpu", *common, "--shard-dir", str(tmp_path / "two"), "--out", str(tmp_path / "two.npy")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "rank 1 of 2" in res.stderr and "rank 0 of 2" in res.stderr
+    assert "rank 1 computes 2 of 4 shards" in res.stderr and "rank 0 computes 2 of 4 shards" in res.stderr
+    two = np.load(tmp_path / "two.npy")
+
+    model, tok = tiny_llama(seed=0)
+    one = G.grad_norms(model, tok, df, "ctr", batch_size=2, shard_size=3, shard_dir=tmp_path / "one",
+                       lora_seed=0, progress=False)
+    np.testing.assert_allclose(two, one, rtol=1e-6)
+
+
+def test_truncation_is_counted_and_keeps_the_answer_position(tiny, frames, caplog):
+    model, tok = tiny
+    df = frames["ctr"]
+    full = encode(tok, df, "ctr", 512)
+    cut = min(len(i) for i in full.ids) - 5
+    with caplog.at_level(logging.WARNING):
+        enc = encode(tok, df, "ctr", cut)
+    assert enc.n_truncated == len(df)
+    assert f"{len(df)} of {len(df)} ctr samples are longer than max_len={cut}" in caplog.text
+    assert all(e == f[-cut:] for e, f in zip(enc.ids, full.ids))  # CTR keeps the end (the answer position)
+    seq = encode(tok, frames["seqrec"], "seqrec", 40)
+    assert all(len(i) == 40 for i in seq.ids) and seq.n_truncated == len(frames["seqrec"])
+    out = G.grad_norms(model, tok, df, "ctr", max_len=cut, progress=False)
+    assert np.isfinite(out).all()
+
+
+def test_nan_loss_names_the_sample(frames):
+    model, tok = tiny_llama(seed=0)
+    df = frames["seqrec"].copy()
+    df.loc[7, "input"] = df.loc[7, "input"] + " zqxjkv"
+    enc = encode(tok, df, "seqrec", 512)
+    others = set().union(*(set(ids) for k, ids in enumerate(enc.ids) if k != 7))
+    token = next(t for t in enc.ids[7] if t not in others)
+
+    def overflow(mod, inputs, out):  # an activation overflow in the one sample holding `token`
+        return out.masked_fill((inputs[0] == token)[..., None], float("nan"))
+
+    model.get_input_embeddings().register_forward_hook(overflow)  # (the tied output head stays finite)
+    with pytest.raises(SignalError, match=r"loss \(nan\) for sample 7 \(1 in its batch\)"):
+        G.grad_norms(model, tok, df, "seqrec", batch_size=4, progress=False)
+
+
+def test_bad_inputs_fail_clearly(tiny, frames):
+    model, tok = tiny
+    with pytest.raises(SignalError, match="unknown task"):
+        G.grad_norms(model, tok, frames["ctr"], "rating", progress=False)
+    with pytest.raises(SignalError, match="label"):
+        G.grad_norms(model, tok, frames["seqrec"].drop(columns="label"), "ctr", progress=False)
+
+    class SplitsYes:
+        def encode(self, w, add_special_tokens=False):
+            return [1, 2] if w == "Yes" else [3]
+
+    with pytest.raises(SignalError, match="splits 'Yes' into 2 tokens"):
+        answer_token_ids(SplitsYes())
+
+    plain, _ = tiny_llama(seed=0, vocab_from=tok)
+    q_only = G.add_lora(plain, target_modules=("q_proj",))
+    with pytest.raises(SignalError, match="no LoRA adapter on a module named 'v_proj'"):
+        G.grad_norms(q_only, tok, frames["ctr"], "ctr", progress=False)
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2))
+    with pytest.raises(ModelError, match="v_proj"):
+        G.grad_norms(gpt2, tok, frames["ctr"], "ctr", progress=False)
