@@ -23,6 +23,7 @@ import ot as pot
 from goracs.selection.base import SelectionError
 
 _EMD_MAX_ITER = 50_000_000
+_SNAP = 1e-13  # reduced costs below this are float noise on tight arcs: treat as exactly zero
 
 
 def poo(cost_rows: np.ndarray, *, return_plan: bool = False):
@@ -108,7 +109,7 @@ def _heap_pop(hk, hs, hn, size):
 
 
 @nb.njit(cache=True)
-def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old):
+def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats):
     """Replace source `slot` by train row `o`; route its supply by SSP. Returns (dcost_units, nlog, status)."""
     n = rows.shape[0]
     M = v.shape[0]
@@ -123,6 +124,17 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old):
             deficit[j] = x
             dcost -= float(C[old_row, j]) * x
             X[j, slot] = 0
+    # Sinks left with no inflow may raise their potential to the c-transform over the remaining sources
+    # (a better dual, still feasible), which gives each of them a tight arc and shortens the searches.
+    for j in range(M):
+        if deficit[j] == n:
+            best = np.inf
+            for k in range(n):
+                if k != slot:
+                    r = float(C[rows[k], j]) - u[k]
+                    if r < best:
+                        best = r
+            v[j] = best
     rows[slot] = o
     best = np.inf
     for j in range(M):
@@ -161,6 +173,10 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old):
             settled[node] = True
             order[nset] = node
             nset += 1
+            if node < n:
+                stats[1] += 1
+            else:
+                stats[2] += 1
             if node >= n:
                 j = node - n
                 if deficit[j] > 0:
@@ -172,7 +188,7 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old):
                 for k in range(n):
                     if X[j, k] > 0 and not settled[k]:
                         rc = u[k] + vj - float(C[rows[k], j])
-                        if rc < 0.0:
+                        if rc < _SNAP:
                             rc = 0.0
                         nd = key + rc
                         if nd < dist[k]:
@@ -188,7 +204,7 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old):
                     a = n + j
                     if not settled[a]:
                         rc = float(C[rk, j]) - uk - v[j]
-                        if rc < 0.0:
+                        if rc < _SNAP:
                             rc = 0.0
                         nd = key + rc
                         if nd < dist[a]:
@@ -196,6 +212,8 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old):
                             pred[a] = k
                             hk, hs, hn, size = _heap_push(hk, hs, hn, size, nd, seq, a)
                             seq += 1
+        stats[0] += 1
+        stats[3] += seq
         if target < 0:
             return dcost, nlog, 2  # cannot happen on a complete bipartite graph
         # Johnson update on settled nodes keeps every reduced cost >= 0 and makes the path tight.
@@ -328,6 +346,7 @@ class ExchangeSolver:
         self.units = float(n) * M
         self.total = float(_flow_cost(C, self.rows, self.X))
         self._pending = None
+        self.stats = np.zeros(4, np.int64)  # Dijkstra runs, settled sources, settled sinks, heap pushes
         self._log = (np.empty(1 << 16, np.int64), np.empty(1 << 16, np.int64), np.empty(1 << 16, self.X.dtype))
 
     @property
@@ -343,7 +362,7 @@ class ExchangeSolver:
         while True:
             lj, lk, lo = self._log
             dcost, nlog, status = _exchange_kernel(self.C, self.rows, self.u, self.v, self.X, int(slot), int(o),
-                                                   lj, lk, lo)
+                                                   lj, lk, lo, self.stats)
             if status == 0:
                 break
             # Undo-log overflow: restore, grow the log, redo.

@@ -1,0 +1,526 @@
+"""ITRA (method.md 3): lazy greedy p-median build, then exchange refinement with MI-estimate pruning.
+
+Stage 1 is a facility-location greedy. Gains are float64 sums, in a fixed sequential order, of
+max(cur_j - C_oj, 0); every term only shrinks as the selection grows and float addition is monotone, so a
+stale gain is a valid upper bound even in floating point, and the lazy greedy (a max-heap of stale gains,
+re-scoring only the top) picks exactly what the plain greedy picks. Ties: both take the largest gain and,
+among equal gains, the smallest row index (the plain greedy's first argmax).
+
+Stage 2 tries exchanges (i out, o in) in the order given by the MI estimate (method.md 3.3), screens each pair
+with a weak-duality lower bound on its POO, and re-solves the survivors exactly by successive shortest paths
+(goracs.selection.ot.ExchangeSolver) instead of a cold network simplex.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numba as nb
+import numpy as np
+
+from goracs.selection.base import Selection, SelectionError, Selector, Signals, register
+from goracs.selection.ot import ExchangeSolver, ceil_div, ctransform, poo
+
+MI_MODES = ("tight", "reference")
+ACCEPT_TOL = 1e-12  # an exchange must lower the POO by more than this (guards against float ties cycling)
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 1: greedy
+
+
+@nb.njit(cache=True)
+def _scan(C):
+    """Row sums (float64) and, per column, the first row attaining the column minimum."""
+    N, M = C.shape
+    rs = np.zeros(N)
+    cmin = np.full(M, np.inf, np.float32)
+    carg = np.zeros(M, np.int64)
+    for i in range(N):
+        s = 0.0
+        for j in range(M):
+            c = C[i, j]
+            s += c
+            if c < cmin[j]:
+                cmin[j] = c
+                carg[j] = i
+        rs[i] = s
+    return rs, carg
+
+
+@nb.njit(cache=True, inline="always")
+def _gain(C, o, cur):
+    s = 0.0
+    for j in range(cur.shape[0]):
+        d = float(cur[j]) - float(C[o, j])
+        if d > 0.0:
+            s += d
+    return s
+
+
+@nb.njit(cache=True)
+def _gains_all(C, cur, selected, out):
+    for o in range(C.shape[0]):
+        out[o] = -1.0 if selected[o] else _gain(C, o, cur)
+
+
+@nb.njit(cache=True, inline="always")
+def _hbetter(g1, i1, g2, i2):
+    return g1 > g2 or (g1 == g2 and i1 < i2)
+
+
+@nb.njit(cache=True)
+def _hsift_down(hg, hi, size, i):
+    while True:
+        l = 2 * i + 1
+        if l >= size:
+            break
+        c = l
+        if l + 1 < size and _hbetter(hg[l + 1], hi[l + 1], hg[l], hi[l]):
+            c = l + 1
+        if _hbetter(hg[c], hi[c], hg[i], hi[i]):
+            hg[i], hg[c] = hg[c], hg[i]
+            hi[i], hi[c] = hi[c], hi[i]
+            i = c
+        else:
+            break
+
+
+@nb.njit(cache=True)
+def _add(C, o, cur, assign, counts, picks, npick, selected):
+    """Add row o: update column minima, the serving sample of each column and the serving counts."""
+    selected[o] = True
+    picks[npick] = o
+    newly = 0
+    lost = 0
+    for j in range(cur.shape[0]):
+        c = C[o, j]
+        if c < cur[j]:  # strict: ties stay with the earlier pick, as argmin over S in pick order does
+            a = assign[j]
+            if a >= 0:
+                counts[a] -= 1
+                if counts[a] == 0:
+                    lost += 1
+            if counts[o] == 0:
+                newly += 1
+            counts[o] += 1
+            assign[j] = o
+            cur[j] = c
+    return newly - lost
+
+
+@nb.njit(cache=True)
+def _greedy_run(C, n, flag, lazy, cur, assign, counts, picks, npick, nserve, selected, hg, hi, hsize, gains,
+                max_steps):
+    """Advance the greedy by at most max_steps picks. Returns (npick, nserve, hsize, status, evals).
+
+    status: 0 = stopped by the rule, 1 = step budget used, 2 = stalled (no positive gain left past n),
+    3 = pool exhausted.
+    """
+    N = C.shape[0]
+    evals = 0
+    for _ in range(max_steps):
+        if npick >= n and (nserve >= n or not flag):
+            return npick, nserve, hsize, 0, evals
+        if npick >= N:
+            return npick, nserve, hsize, 3, evals
+        if lazy:
+            while True:
+                t = hi[0]
+                g = _gain(C, t, cur)
+                evals += 1
+                hg[0] = g
+                if hsize == 1:
+                    break
+                # best child = the next-best stale bound
+                c = 1
+                if hsize > 2 and _hbetter(hg[2], hi[2], hg[1], hi[1]):
+                    c = 2
+                if _hbetter(g, t, hg[c], hi[c]):
+                    break
+                _hsift_down(hg, hi, hsize, 0)
+            best = hi[0]
+            bg = hg[0]
+            hsize -= 1
+            hg[0] = hg[hsize]
+            hi[0] = hi[hsize]
+            _hsift_down(hg, hi, hsize, 0)
+        else:
+            _gains_all(C, cur, selected, gains)
+            evals += N - npick
+            best = -1
+            bg = -2.0
+            for o in range(N):
+                if not selected[o] and gains[o] > bg:
+                    bg = gains[o]
+                    best = o
+        if npick >= n and bg <= 0.0:
+            return npick, nserve, hsize, 2, evals
+        nserve += _add(C, best, cur, assign, counts, picks, npick, selected)
+        npick += 1
+    return npick, nserve, hsize, 1, evals
+
+
+def greedy_init(C: np.ndarray, n: int, *, lazy: bool = True, progress: bool = False) -> tuple[np.ndarray, dict]:
+    """Stage 1 (method.md 3.1): greedy p-median build with the reference stopping rule; returns rows and info."""
+    N, M = C.shape
+    if not 0 < n <= N:
+        raise SelectionError(f"greedy budget must be in [1, {N}], got {n}")
+    t0 = time.perf_counter()
+    rowsum, carg = _scan(C)
+    # If the whole pool has at most n distinct nearest neighbours of validation points, the rule stops at n.
+    flag = len(np.unique(carg)) > n
+    first = int(np.argmin(rowsum))
+    cur = np.full(M, np.inf, np.float32)
+    assign = np.full(M, -1, np.int64)
+    counts = np.zeros(N, np.int64)
+    picks = np.empty(N, np.int64)
+    selected = np.zeros(N, np.bool_)
+    nserve = int(_add(C, first, cur, assign, counts, picks, 0, selected))
+    npick = 1
+    gains = np.empty(N)
+    evals = 0
+    if lazy:
+        # Exact gains w.r.t. the first pick seed the heap of upper bounds.
+        _gains_all(C, cur, selected, gains)
+        evals += N - 1
+        hi = np.flatnonzero(~selected).astype(np.int64)
+        hg = gains[hi].copy()
+        order = np.lexsort((hi, -hg))  # heap array sorted best-first is a valid heap
+        hi, hg = hi[order].copy(), hg[order].copy()
+    else:
+        hi, hg = np.zeros(1, np.int64), np.zeros(1)
+    hsize = len(hi)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n, desc="ITRA greedy" + (" (lazy)" if lazy else " (plain)"), unit="pick")
+        bar.update(1)
+    status = 1
+    while status == 1:
+        before = npick
+        npick, nserve, hsize, status, ev = _greedy_run(C, n, flag, lazy, cur, assign, counts, picks, npick, nserve,
+                                                        selected, hg, hi, hsize, gains, 32)
+        evals += ev
+        if bar is not None:
+            bar.update(min(npick, n) - min(before, n))
+    if bar is not None:
+        bar.close()
+    order = picks[:npick]
+    serving = counts[order] > 0
+    if not flag:
+        rows = order[:n]
+    elif int(serving.sum()) >= n:
+        rows = order[serving]
+    else:
+        # Stalled: keep every serving pick, then the earliest non-serving picks (documented in docs/selection.md).
+        rows = np.concatenate([order[serving], order[~serving][: n - int(serving.sum())]])
+    rows = np.asarray(rows[:n], dtype=np.int64)
+    info = {"greedy_picks": int(npick), "greedy_dropped": int(npick - len(rows)), "greedy_evals": int(evals),
+            "greedy_status": ["rule", "budget", "stalled", "exhausted"][status], "greedy_flag": bool(flag),
+            "greedy_relaxed_obj": float(np.sum(cur, dtype=np.float64)), "time_greedy_s": time.perf_counter() - t0}
+    return rows, info
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 2: MI estimate, screening, exchanges
+
+
+@nb.njit(cache=True)
+def _mi_from_d(d, R, n, largest):
+    """F(y) = y/n + mean_j min(d_j - y, 0) at y = the R-th smallest (tight) or R-th largest (reference) d."""
+    M = d.shape[0]
+    if largest:
+        kth = M - R
+    else:
+        kth = R - 1
+    if R <= 32:
+        buf = np.full(R, np.inf)
+        sgn = -1.0 if largest else 1.0  # R largest of d = R smallest of -d
+        tot = 0.0
+        for j in range(M):
+            x = sgn * d[j]
+            tot += d[j]
+            if x < buf[R - 1]:
+                p = R - 1
+                while p > 0 and buf[p - 1] > x:
+                    buf[p] = buf[p - 1]
+                    p -= 1
+                buf[p] = x
+        y = sgn * buf[R - 1]
+        s = 0.0
+        if largest:
+            # sum_j min(d_j - y, 0) = sum_j (d_j - y) - sum over the top R of max(d_j - y, 0)
+            s = tot - M * y
+            for t in range(R):
+                e = -buf[t] - y
+                if e > 0.0:
+                    s -= e
+        else:
+            for t in range(R):
+                e = buf[t] - y
+                if e < 0.0:
+                    s += e
+    else:
+        y = np.partition(d, kth)[kth]
+        s = 0.0
+        for j in range(M):
+            e = d[j] - y
+            if e < 0.0:
+                s += e
+    return y / n + s / M
+
+
+@nb.njit(cache=True)
+def _outer_scores(C, f, R, n, largest, skip):
+    N, M = C.shape
+    out = np.full(N, np.inf)
+    d = np.empty(M)
+    for o in range(N):
+        if skip[o]:
+            continue
+        for j in range(M):
+            d[j] = float(C[o, j]) - f[j]
+        out[o] = _mi_from_d(d, R, n, largest)
+    return out
+
+
+@nb.njit(cache=True)
+def _loo(f1, f2, arg, cnt, k, out):
+    """c-transform over S without slot k: the second minimum where k is the unique minimiser."""
+    for j in range(f1.shape[0]):
+        out[j] = f2[j] if (arg[j] == k and cnt[j] == 1) else f1[j]
+
+
+@nb.njit(cache=True)
+def _inner_scores(C, rows, f1, f2, arg, cnt, R, largest, leave_out):
+    n = rows.shape[0]
+    M = C.shape[1]
+    out = np.empty(n)
+    fl = np.empty(M)
+    d = np.empty(M)
+    for k in range(n):
+        if leave_out:
+            _loo(f1, f2, arg, cnt, k, fl)
+        else:
+            for j in range(M):
+                fl[j] = f1[j]
+        r = rows[k]
+        for j in range(M):
+            d[j] = float(C[r, j]) - fl[j]
+        out[k] = _mi_from_d(d, R, n, largest)
+    return out
+
+
+@nb.njit(cache=True)
+def _pair_bounds(C, rows, u, f1, f2, arg, cnt, slot, outer, R):
+    """Weak-duality lower bounds on POO(S - rows[slot] + o) for each o in outer (dual: u, c-transform, best y)."""
+    n = rows.shape[0]
+    M = C.shape[1]
+    fl = np.empty(M)
+    _loo(f1, f2, arg, cnt, slot, fl)
+    base = 0.0
+    for k in range(n):
+        if k != slot:
+            base += u[k]
+    base /= n
+    sf = 0.0
+    for j in range(M):
+        sf += fl[j]
+    base += sf / M
+    out = np.empty(outer.shape[0])
+    d = np.empty(M)
+    for t in range(outer.shape[0]):
+        o = outer[t]
+        for j in range(M):
+            d[j] = float(C[o, j]) - fl[j]
+        out[t] = base + _mi_from_d(d, R, n, False)
+    return out
+
+
+def mi_scores(C: np.ndarray, rows: np.ndarray, u: np.ndarray, mode: str = "tight") -> tuple[np.ndarray, np.ndarray]:
+    """MI estimates (method.md 3.3): (scores of every row of C, +inf on S; scores of each slot of S)."""
+    if mode not in MI_MODES:
+        raise SelectionError(f"mi_estimate must be one of {MI_MODES}, got {mode!r}")
+    rows = np.asarray(rows, dtype=np.int64)
+    n, M = len(rows), C.shape[1]
+    R = ceil_div(M, n)
+    largest = mode == "reference"
+    f1, f2, arg, cnt = ctransform(C, rows, np.asarray(u, dtype=np.float64))
+    skip = np.zeros(C.shape[0], np.bool_)
+    skip[rows] = True
+    outer = _outer_scores(C, f1, R, n, largest, skip)
+    # Reference quirk 2: the leave-one-out mask never takes effect, so inner scores use f with i included.
+    inner = _inner_scores(C, rows, f1, f2, arg, cnt, R, largest, not largest)
+    return outer, inner
+
+
+def refine(C: np.ndarray, rows: np.ndarray, *, max_iters: int = 100, cut_num: int = 30, mi_estimate: str = "tight",
+           screen: bool = True, verify: bool = False, progress: bool = False) -> tuple[np.ndarray, dict]:
+    """Stage 2 (method.md 3.2-3.3): first-improvement exchanges ranked by the MI estimate; exact POO each time."""
+    if mi_estimate not in MI_MODES:
+        raise SelectionError(f"mi_estimate must be one of {MI_MODES}, got {mi_estimate!r}")
+    t0 = time.perf_counter()
+    N, M = C.shape
+    es = ExchangeSolver(C, rows)
+    n = es.n
+    R = ceil_div(M, n)
+    s = es.value
+    traj, times = [s], [0.0]
+    t_init = time.perf_counter() - t0
+    accepted = rounds = pass1 = tried = solved = screened = 0
+    max_verify_err = 0.0
+    stop = "max_iters"
+    bar = None
+    if progress and max_iters > 0:
+        from tqdm import tqdm
+        bar = tqdm(total=max_iters, desc=f"ITRA refine ({mi_estimate})", unit="exch")
+    in_s = np.zeros(N, np.bool_)
+    while accepted < max_iters:
+        if n >= N:
+            stop = "no_outside_candidates"
+            break
+        rounds += 1
+        largest = mi_estimate == "reference"
+        f1, f2, arg, cnt = ctransform(C, es.rows, es.u)
+        in_s[:] = False
+        in_s[es.rows] = True
+        outer_sc = _outer_scores(C, f1, R, n, largest, in_s)
+        inner_sc = _inner_scores(C, es.rows, f1, f2, arg, cnt, R, largest, not largest)
+        n_out = min(cut_num, N - n)
+        outer = np.argsort(outer_sc, kind="stable")[:n_out]  # most promising (lowest estimate) first
+        keep = np.argsort(inner_sc, kind="stable")[-min(cut_num, n):]  # the cut_num highest: cheapest to remove
+        # tight: most removable first; reference quirk 3: ascending within the kept set.
+        inner_slots = keep if largest else keep[::-1]
+        done = False
+        first = True
+        for slot in inner_slots:
+            lbs = _pair_bounds(C, es.rows, es.u, f1, f2, arg, cnt, int(slot), outer, R) if screen else None
+            for t, o in enumerate(outer):
+                tried += 1
+                if screen and lbs[t] >= s - ACCEPT_TOL + 1e-13:
+                    screened += 1  # no plan can beat the current POO by the tolerance: skip the solve
+                    first = False
+                    continue
+                solved += 1
+                new = es.try_exchange(int(slot), int(o))
+                if new < s - ACCEPT_TOL:
+                    es.commit()
+                    new = es.value
+                    if verify:
+                        cold = poo(C[es.rows])[0]
+                        err = abs(cold - new)
+                        max_verify_err = max(max_verify_err, err)
+                        if err > 1e-9:
+                            raise RuntimeError(f"incremental POO {new!r} differs from a cold solve {cold!r}")
+                    s = new
+                    accepted += 1
+                    pass1 += first
+                    traj.append(s)
+                    times.append(time.perf_counter() - t0)
+                    done = True
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(poo=f"{s:.6f}")
+                    break
+                es.rollback()
+                first = False
+            if done:
+                break
+        if not done:
+            stop = "no_improving_pair"
+            break
+    if bar is not None:
+        bar.close()
+    report = {"poo_trajectory": traj, "refine_times_s": times, "accepted": accepted, "rounds": rounds,
+              "pass_at_1": pass1 / accepted if accepted else float("nan"), "exchanges_tried": tried,
+              "exchanges_solved": solved, "exchanges_screened": screened, "refine_stop": stop,
+              "time_refine_s": time.perf_counter() - t0, "time_refine_init_s": t_init,
+              "mi_estimate": mi_estimate, "ssp_stats": es.stats.tolist()}
+    if verify:
+        report["max_verify_err"] = max_verify_err
+    return np.sort(es.rows), report
+
+
+def itra(C: np.ndarray, n: int, *, max_iters: int = 100, cut_num: int = 30, mi_estimate: str = "tight",
+         screen: bool = True, verify: bool = False, progress: bool = False) -> tuple[np.ndarray, dict]:
+    """Both ITRA stages on a cost matrix: returns (sorted row indices, report)."""
+    N = C.shape[0]
+    if n >= N:
+        warnings.warn(f"budget {n} >= pool size {N}: returning the whole pool", stacklevel=2)
+        return np.arange(N), {"whole_pool": True}
+    rows, info = greedy_init(C, n, lazy=True, progress=progress)
+    rows, rep = refine(C, rows, max_iters=max_iters, cut_num=cut_num, mi_estimate=mi_estimate, screen=screen,
+                       verify=verify, progress=progress)
+    info.update(rep)
+    info["poo_greedy"] = rep["poo_trajectory"][0]
+    info["poo_final"] = rep["poo_trajectory"][-1]
+    return rows, info
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_params(lam, max_iters, cut_num, mi_estimate, label_enhanced):
+    if not np.isfinite(float(lam)):
+        raise SelectionError(f"lam must be finite, got {lam}")
+    if int(max_iters) < 0:
+        raise SelectionError(f"max_iters must be >= 0, got {max_iters}")
+    if int(cut_num) < 1:
+        raise SelectionError(f"cut_num must be >= 1, got {cut_num}")
+    if mi_estimate not in MI_MODES:
+        raise SelectionError(f"mi_estimate must be one of {MI_MODES}, got {mi_estimate!r}")
+    if label_enhanced not in ("auto", True, False):
+        raise SelectionError(f"label_enhanced must be auto, true or false, got {label_enhanced!r}")
+
+
+@register("goracs")
+class GoracsSelector(Selector):
+    """GORACS: cost from embeddings and gradient norms, ITRA (label-enhanced for classification tasks)."""
+
+    needs = ("embeddings", "val_embeddings", "grad_norms")
+
+    def __init__(self, lam: float = 0.1, max_iters: int = 100, cut_num: int = 30, mi_estimate: str = "tight",
+                 label_enhanced: Any = "auto", device: str = "auto", screen: bool = True, verify: bool = False,
+                 progress: bool = True, chunk_rows: int = 2048):
+        _check_params(lam, max_iters, cut_num, mi_estimate, label_enhanced)
+        self.lam = float(lam)
+        self.max_iters = int(max_iters)
+        self.cut_num = int(cut_num)
+        self.mi_estimate = mi_estimate
+        self.label_enhanced = label_enhanced
+        self.device = device
+        self.screen = bool(screen)
+        self.verify = bool(verify)
+        self.progress = bool(progress)
+        self.chunk_rows = int(chunk_rows)
+
+    def _itra_kwargs(self) -> dict:
+        return dict(max_iters=self.max_iters, cut_num=self.cut_num, mi_estimate=self.mi_estimate,
+                    screen=self.screen, verify=self.verify, progress=self.progress)
+
+    def _select(self, signals: Signals, budget: int, seed: int) -> Selection:
+        from goracs.selection.cost import compute_cost, resolve_device
+
+        dev = resolve_device(self.device)
+        use_labels = signals.labels is not None if self.label_enhanced == "auto" else bool(self.label_enhanced)
+        t0 = time.perf_counter()
+        if use_labels:
+            from goracs.selection.label import label_enhanced_itra
+
+            if signals.labels is None or signals.val_labels is None:
+                raise SelectionError("label-enhanced ITRA needs both labels and val_labels")
+            idx, report = label_enhanced_itra(signals.embeddings, signals.val_embeddings, signals.grad_norms,
+                                              signals.labels, signals.val_labels, budget, lam=self.lam,
+                                              device=str(dev), chunk_rows=self.chunk_rows, **self._itra_kwargs())
+        else:
+            C = compute_cost(signals.embeddings, signals.val_embeddings, signals.grad_norms, self.lam,
+                             device=str(dev), chunk_rows=self.chunk_rows, progress=self.progress)
+            t_cost = time.perf_counter() - t0
+            idx, report = itra(C, budget, **self._itra_kwargs())
+            report["time_cost_s"] = t_cost
+            del C
+        report.update({"lam": self.lam, "budget": budget, "label_enhanced": use_labels, "device": str(dev),
+                       "seed_used": False, "time_total_s": time.perf_counter() - t0})
+        return Selection(np.asarray(idx, dtype=np.int64), report)

@@ -1,0 +1,297 @@
+"""GORACS engine: cost, exact POO, incremental re-solve, ITRA stages, MI estimates, label budgets, selector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.optimize
+
+from goracs.selection.base import SelectionError, Signals
+from goracs.selection.cost import compute_cost
+from goracs.selection.itra import GoracsSelector, greedy_init, itra, mi_scores, refine
+from goracs.selection.label import class_budgets
+from goracs.selection.ot import ExchangeSolver, poo
+
+
+def _lp_ot(Cs):
+    """OT value by a plain LP (scipy linprog), independent of POT."""
+    n, M = Cs.shape
+    A = []
+    for i in range(n):
+        r = np.zeros((n, M)); r[i] = 1; A.append(r.ravel())
+    for j in range(M):
+        r = np.zeros((n, M)); r[:, j] = 1; A.append(r.ravel())
+    b = np.r_[np.full(n, 1 / n), np.full(M, 1 / M)]
+    res = scipy.optimize.linprog(Cs.ravel(), A_eq=np.array(A), b_eq=b, bounds=(0, None), method="highs")
+    assert res.status == 0
+    return res.fun
+
+
+def _clusters(N, M, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    cent = rng.normal(size=(5, d))
+    X = cent[rng.integers(5, size=N)] + 0.5 * rng.normal(size=(N, d))
+    Y = cent[rng.integers(5, size=M)] + 0.5 * rng.normal(size=(M, d))
+    g = rng.gamma(5.0, 1.0, size=N)
+    return X.astype(np.float32), Y.astype(np.float32), g
+
+
+# ---------------------------------------------------------------- cost
+
+
+def test_cost_matches_formula_and_chunking():
+    X, Y, g = _clusters(50, 20)
+    lam = 0.3
+    D = np.linalg.norm(X[:, None, :].astype(np.float64) - Y[None].astype(np.float64), axis=2)
+    Ct = D / D.max() - lam * (g / g.max())[:, None]
+    ref = (Ct - Ct.min()) / (Ct.max() - Ct.min())
+    C1 = compute_cost(X, Y, g, lam, chunk_rows=7)
+    C2 = compute_cost(X, Y, g, lam, chunk_rows=1000)
+    assert C1.dtype == np.float32 and C1.shape == (50, 20)
+    np.testing.assert_allclose(C1, ref, atol=2e-5)
+    np.testing.assert_allclose(C1, C2, atol=1e-6)  # BLAS blocking differs by chunk size
+    assert C1.min() == 0.0 and C1.max() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["nan_emb", "inf_grad", "len", "empty_val", "dim", "neg_grad"])
+def test_cost_rejects_bad_input(bad):
+    X, Y, g = _clusters(30, 10)
+    if bad == "nan_emb":
+        X[3, 2] = np.nan
+    elif bad == "inf_grad":
+        g[4] = np.inf
+    elif bad == "len":
+        g = g[:-1]
+    elif bad == "empty_val":
+        Y = Y[:0]
+    elif bad == "dim":
+        Y = Y[:, :-1]
+    elif bad == "neg_grad":
+        g[0] = -1.0
+    with pytest.raises(SelectionError):
+        compute_cost(X, Y, g, 0.5)
+
+
+# ---------------------------------------------------------------- exact POO and incremental re-solve
+
+
+@pytest.mark.parametrize("n,M,seed", [(3, 7, 0), (5, 5, 1), (6, 9, 2), (4, 11, 3)])
+def test_poo_equals_lp(n, M, seed):
+    rng = np.random.default_rng(seed)
+    Cs = rng.random((n, M))
+    val, u, v = poo(Cs)
+    assert val == pytest.approx(_lp_ot(Cs), abs=1e-9)
+    # duals: feasible and with the same objective (strong duality)
+    assert (u[:, None] + v[None, :] <= Cs + 1e-9).all()
+    assert u.mean() + v.mean() == pytest.approx(val, abs=1e-9)
+
+
+@pytest.mark.parametrize("N,M,n,seed", [(40, 13, 5, 0), (60, 30, 7, 1), (50, 20, 20, 2)])
+def test_incremental_exchange_equals_cold_solve(N, M, n, seed):
+    rng = np.random.default_rng(seed)
+    C = rng.random((N, M)).astype(np.float32)
+    rows = rng.choice(N, n, replace=False)
+    es = ExchangeSolver(C, rows)
+    assert es.value == pytest.approx(poo(C[rows])[0], abs=1e-12)
+    for _ in range(25):
+        slot = int(rng.integers(n))
+        o = int(rng.choice(np.setdiff1d(np.arange(N), es.rows)))
+        new = es.try_exchange(slot, o)
+        assert es.rows[slot] == o
+        assert new == pytest.approx(poo(C[es.rows])[0], abs=1e-9)
+        # the maintained duals stay feasible and optimal
+        Cs = C[es.rows].astype(np.float64)
+        assert (es.u[:, None] + es.v[None, :] <= Cs + 1e-9).all()
+        assert es.u.mean() + es.v.mean() == pytest.approx(new, abs=1e-9)
+        if rng.random() < 0.5:
+            es.commit()
+        else:
+            before = es.rows.copy()
+            es.rollback()
+            assert not np.array_equal(before, es.rows)
+            assert es.value == pytest.approx(poo(C[es.rows])[0], abs=1e-9)
+
+
+# ---------------------------------------------------------------- greedy
+
+
+@pytest.mark.parametrize("levels,seed,n", [(None, 0, 10), (None, 1, 25), (4, 2, 10), (3, 3, 30)])
+def test_lazy_greedy_equals_plain(levels, seed, n):
+    rng = np.random.default_rng(seed)
+    C = rng.random((150, 40)).astype(np.float32)
+    if levels:  # many exact ties: checks that tie-breaking is identical too
+        C = (np.floor(C * levels) / levels).astype(np.float32)
+    r1, i1 = greedy_init(C, n, lazy=True)
+    r2, i2 = greedy_init(C, n, lazy=False)
+    np.testing.assert_array_equal(r1, r2)
+    assert i1["greedy_picks"] == i2["greedy_picks"]
+    assert i1["greedy_evals"] < i2["greedy_evals"] or i1["greedy_picks"] <= 2
+
+
+def test_greedy_stopping_rule_drops_samples_serving_nobody():
+    rng = np.random.default_rng(5)
+    C = rng.random((200, 60)).astype(np.float32)
+    rows, info = greedy_init(C, 15)
+    assert len(rows) == 15 and len(np.unique(rows)) == 15 and info["greedy_flag"]
+    # every kept sample is the nearest selected sample of at least one validation point
+    served = np.unique(rows[np.argmin(C[rows], axis=0)])
+    assert len(served) == 15
+    assert info["greedy_picks"] == 15 + info["greedy_dropped"]
+    # the first pick is the row of smallest row sum
+    assert int(np.argmin(C.astype(np.float64).sum(1))) in rows or info["greedy_dropped"] > 0
+
+
+def test_greedy_stops_at_n_when_few_nearest_neighbours():
+    rng = np.random.default_rng(6)
+    C = rng.random((100, 30)).astype(np.float32)
+    C[7] = 0.0  # row 7 is the nearest neighbour of every validation point
+    rows, info = greedy_init(C, 5)
+    assert not info["greedy_flag"] and len(rows) == 5 and 7 in rows and info["greedy_dropped"] == 0
+
+
+# ---------------------------------------------------------------- MI estimates (hand-computed)
+
+
+def _tiny():
+    # S = rows 0..2 with u = 0, so f = column minimum over S = 0 everywhere, unique minimisers
+    # (slots 0,0,1,1,2,2) and second minimum 1. n = 3, M = 6, R = ceil(6/3) = 2.
+    C = np.array([[0, 0, 1, 1, 1, 1],
+                  [1, 1, 0, 0, 1, 1],
+                  [1, 1, 1, 1, 0, 0],
+                  [0.3, 0.1, 0.5, 0.2, 0.9, 0.6]], dtype=np.float32)
+    return C, np.array([0, 1, 2]), np.zeros(3)
+
+
+def test_mi_estimate_tight_by_hand():
+    C, rows, u = _tiny()
+    outer, inner = mi_scores(C, rows, u, "tight")
+    # row 3: d = (.3,.1,.5,.2,.9,.6); y = 2nd smallest = .2; F = .2/3 + (.1-.2)/6 = 0.05
+    assert outer[3] == pytest.approx(0.2 / 3 - 0.1 / 6, abs=1e-7)
+    assert np.isinf(outer[:3]).all()
+    # slot 0 leaves itself out: f = (1,1,0,0,0,0); d = (-1,-1,1,1,1,1); y = -1; F = -1/3
+    np.testing.assert_allclose(inner, [-1 / 3] * 3, atol=1e-7)
+
+
+def test_mi_estimate_reference_by_hand():
+    C, rows, u = _tiny()
+    outer, inner = mi_scores(C, rows, u, "reference")
+    # y = 2nd LARGEST = .6; F = .6/3 + (-.3 -.5 -.1 -.4)/6
+    assert outer[3] == pytest.approx(0.2 - 1.3 / 6, abs=1e-7)
+    # quirk 2: f keeps slot 0 (f = 0), d = (0,0,1,1,1,1); y = 1; F = 1/3 + (-1 -1)/6 = 0
+    np.testing.assert_allclose(inner, [0.0] * 3, atol=1e-7)
+
+
+# ---------------------------------------------------------------- refinement
+
+
+@pytest.mark.parametrize("mode", ["tight", "reference"])
+def test_refine_strictly_decreases_and_matches_cold_solves(mode):
+    X, Y, g = _clusters(120, 40, seed=3)
+    C = compute_cost(X, Y, g, 0.5)
+    rows, _ = greedy_init(C, 9)
+    out, rep = refine(C, rows, max_iters=8, cut_num=6, mi_estimate=mode, verify=True)
+    traj = np.array(rep["poo_trajectory"])
+    assert (np.diff(traj) < 0).all()
+    assert rep["max_verify_err"] <= 1e-9
+    assert traj[-1] == pytest.approx(poo(C[out])[0], abs=1e-9)
+    assert len(out) == 9 and len(np.unique(out)) == 9
+    assert 0 <= rep["pass_at_1"] <= 1 and rep["exchanges_tried"] >= rep["accepted"]
+
+
+def test_screening_does_not_change_the_result():
+    X, Y, g = _clusters(100, 30, seed=4)
+    C = compute_cost(X, Y, g, 0.2)
+    rows, _ = greedy_init(C, 8)
+    a, ra = refine(C, rows, max_iters=6, cut_num=5, screen=True)
+    b, rb = refine(C, rows, max_iters=6, cut_num=5, screen=False)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(ra["poo_trajectory"], rb["poo_trajectory"], atol=1e-12)
+    assert rb["exchanges_screened"] == 0
+
+
+def test_pair_lower_bound_is_valid():
+    from goracs.selection.itra import _pair_bounds
+    from goracs.selection.ot import ctransform
+    rng = np.random.default_rng(9)
+    C = rng.random((40, 17)).astype(np.float32)
+    rows = np.arange(6)
+    es = ExchangeSolver(C, rows)
+    f1, f2, arg, cnt = ctransform(C, es.rows, es.u)
+    outer = np.arange(6, 40)
+    for slot in range(6):
+        lbs = _pair_bounds(C, es.rows, es.u, f1, f2, arg, cnt, slot, outer, 3)
+        for o, lb in zip(outer, lbs):
+            r = es.rows.copy(); r[slot] = o
+            assert lb <= poo(C[r])[0] + 1e-12
+
+
+# ---------------------------------------------------------------- labels
+
+
+def test_class_budgets_sum_and_shares():
+    yv = np.array([0] * 70 + [1] * 20 + [2] * 10)
+    b = class_budgets(yv, 64)
+    assert sum(b.values()) == 64
+    assert b[0] == round(64 * 0.7) and b[1] == round(64 * 0.2) and b[2] == 64 - b[0] - b[1]
+    with pytest.raises(SelectionError):
+        class_budgets(yv, 2)
+    with pytest.raises(SelectionError):
+        class_budgets(yv, 10, train_labels=np.array([0, 1] * 20))  # class 2 has no training sample
+
+
+def test_label_enhanced_selector_follows_shares():
+    X, Y, g = _clusters(150, 50, seed=7)
+    rng = np.random.default_rng(7)
+    yt = rng.integers(0, 3, size=150)
+    yv = np.array([0] * 25 + [1] * 15 + [2] * 10)
+    sig = Signals(embeddings=X, val_embeddings=Y, grad_norms=g, labels=yt, val_labels=yv)
+    sel = GoracsSelector(lam=0.5, max_iters=3, cut_num=3, progress=False).select(sig, 20)
+    assert len(sel.indices) == 20
+    counts = np.bincount(yt[sel.indices], minlength=3)
+    b = class_budgets(yv, 20)
+    assert counts.tolist() == [b[0], b[1], b[2]]
+    assert sel.report["label_enhanced"] is True
+
+
+# ---------------------------------------------------------------- selector interface and bad input
+
+
+def test_selector_registered_and_runs():
+    from goracs.selection.base import make_selector
+    X, Y, g = _clusters(80, 25, seed=8)
+    sel = make_selector("goracs", lam=0.5, max_iters=4, cut_num=4, mi_estimate="tight", label_enhanced="auto",
+                        device="cpu", progress=False)
+    out = sel.select(Signals(embeddings=X, val_embeddings=Y, grad_norms=g), 10, seed=0)
+    C = compute_cost(X, Y, g, 0.5)
+    rows, rep = itra(C, 10, max_iters=4, cut_num=4)
+    np.testing.assert_array_equal(out.indices, rows)
+    assert out.report["poo_final"] == pytest.approx(poo(C[out.indices])[0], abs=1e-9)
+    assert out.report["poo_final"] <= out.report["poo_greedy"]
+
+
+def test_config_keys():
+    import yaml
+    from pathlib import Path
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs/selector/goracs.yaml").read_text())
+    assert cfg["name"] == "goracs"
+    rest = {k: v for k, v in cfg.items() if k not in ("name", "budget")}
+    assert set(rest) == {"lam", "max_iters", "cut_num", "mi_estimate", "label_enhanced", "device"}
+    GoracsSelector(**rest)
+
+
+def test_selector_bad_input():
+    X, Y, g = _clusters(40, 10)
+    sel = GoracsSelector(max_iters=2, cut_num=2, progress=False)
+    with pytest.warns(UserWarning, match="whole pool"):
+        assert len(sel.select(Signals(embeddings=X, val_embeddings=Y, grad_norms=g), 40).indices) == 40
+    Xn = X.copy(); Xn[0, 0] = np.nan
+    with pytest.raises(SelectionError):
+        sel.select(Signals(embeddings=Xn, val_embeddings=Y, grad_norms=g), 5)
+    with pytest.raises(SelectionError):
+        sel.select(Signals(embeddings=X, val_embeddings=Y[:0], grad_norms=g), 5)
+    with pytest.raises(SelectionError):
+        sel.select(Signals(embeddings=X, val_embeddings=Y, grad_norms=g[:-3]), 5)
+    with pytest.raises(SelectionError):
+        GoracsSelector(mi_estimate="loose")
+    with pytest.raises(SelectionError):
+        GoracsSelector(cut_num=0)
