@@ -1,0 +1,96 @@
+"""Selection time of the paper's baselines (CCS, D2-Pruning, Moderate, DEALRec) at the real Games size, next to
+GORACS. Synthetic signals: 139,796 x 384 Gaussian-cluster embeddings; gradient norms resampled (with
+replacement, seeded) from the 15,000 real LLaMA-7B Games norms in ../shared/data/goracs-example-grads (the only
+real norms available); EL2N is not needed by these selectors.
+
+Usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_baselines.py [--goracs] [--dealrec-n 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from goracs.selection.base import Signals, make_selector
+
+ROOT = Path(__file__).resolve().parent.parent
+GRADS = ROOT.parent / "shared" / "data" / "goracs-example-grads" / "grad_norms.npy"
+
+
+def clustered(n: int, d: int, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian clusters, row-normalised like sentence embeddings."""
+    centres = rng.standard_normal((n_clusters, d)).astype(np.float32)
+    x = centres[rng.integers(n_clusters, size=n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def real_norms(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n gradient norms resampled from the real 15,000 (or gamma-distributed if the file is absent)."""
+    if GRADS.exists():
+        g = np.load(GRADS).astype(np.float64).reshape(-1)
+        return rng.choice(g, size=n, replace=True)
+    print(f"note: {GRADS} absent, gradient norms drawn from a gamma distribution")
+    return rng.gamma(2.0, 1.0, size=n)
+
+
+def timed(name: str, params: dict, sig: Signals, budget: int, seed: int = 0) -> float:
+    """Build, run and time one selector; print one table row."""
+    sel = make_selector(name, **params)
+    t0 = time.perf_counter()
+    out = sel.select(sig, budget, seed)
+    dt = time.perf_counter() - t0
+    extra = {k: v for k, v in out.report.items() if k in ("knn", "knn_time_s", "n_edges", "cg_iters",
+                                                           "surrogate_train_s", "influence_s")}
+    extra = ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+    print(f"| {name} | {sig.n_train:,} | {budget} | {dt:.2f} | {extra} |", flush=True)
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=139_796)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--budget", type=int, default=1024)
+    ap.add_argument("--n-val", type=int, default=5_000)
+    ap.add_argument("--dealrec-n", type=int, default=10_000, help="DEALRec pool size (0: skip)")
+    ap.add_argument("--dealrec-items", type=int, default=2_000)
+    ap.add_argument("--dealrec-epochs", type=int, default=2)
+    ap.add_argument("--goracs", action="store_true", help="also time make_selector('goracs') (minutes)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    x = clustered(args.n, args.dim, 200, rng)
+    g = real_norms(args.n, rng)
+    sig = Signals(embeddings=x, grad_norms=g)
+    print(f"# {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}; "
+          f"N={args.n:,}, d={args.dim}, budget={args.budget}")
+    print("| selector | pool N | budget | time (s) | notes |")
+    print("|---|---|---|---|---|")
+    timed("ccs", {}, sig, args.budget)
+    timed("moderate", {}, sig, args.budget)
+    timed("d2pruning", {}, sig, args.budget)
+    if args.dealrec_n:
+        # DEALRec's cost is the surrogate training and the full-catalogue softmax passes (N x n_items x d per
+        # pass); at the full size on one CPU core that is hours, so it runs on a smaller pool, labelled as such
+        n, n_items = args.dealrec_n, args.dealrec_items
+        hist = [list(rng.integers(n_items, size=rng.integers(1, 11))) for _ in range(n)]
+        targets = np.array([(h[-1] + 1) % n_items if rng.uniform() < 0.5 else rng.integers(n_items) for h in hist])
+        sub = Signals(embeddings=x[:n], grad_norms=g[:n],
+                      extra={"histories": hist, "targets": targets, "n_items": n_items})
+        timed("dealrec", {"epochs": args.dealrec_epochs}, sub, args.budget)
+        print(f"(dealrec on a smaller pool: N={n:,}, n_items={n_items:,}, {args.dealrec_epochs} surrogate "
+              f"epochs, other parameters as configs/selector/dealrec.yaml)")
+    if args.goracs:
+        sig.val_embeddings = clustered(args.n_val, args.dim, 200, np.random.default_rng(1))
+        timed("goracs", {"progress": False}, sig, args.budget)
+    else:
+        print("(GORACS not run here: its time at this size is in results/bench_itra.md)")
+
+
+if __name__ == "__main__":
+    main()
