@@ -35,7 +35,7 @@ def check_frame(df, task: str, need_output: bool = True, need_label: bool = Fals
         lab = np.asarray(df["label"])
         bad = np.flatnonzero(~np.isin(lab, [0, 1]))
         if len(bad):
-            raise SignalError(f"CTR labels must be 0 or 1; sample {bad[0]} has label {lab[bad[0]]!r}")
+            raise SignalError(f"CTR labels must be 0 or 1; sample {bad[0]} has label {lab[bad[0]]}")
 
 
 def answer_token_ids(tokenizer) -> tuple[int, int]:

@@ -175,26 +175,28 @@ def _batch_norms(model, lora_b: torch.nn.Module, enc: Encoded, rows: np.ndarray,
 
 
 # ------------------------------------------------------------------------------------------------- public API
-def _prepare(model, tokenizer, df, task, layer, max_len, lora_seed):
+def _prepare(model, tokenizer, df, task, layer, max_len, lora_seed, lora=None):
     enc = encode(tokenizer, df, task, max_len)
     yes_no = answer_token_ids(tokenizer) if task == "ctr" else None
-    model = ensure_lora(model, lora_seed=lora_seed)
+    model = ensure_lora(model, lora_seed=lora_seed, **dict(lora or {}))
     lora_b, idx = lora_b_module(model, layer)
     return model, enc, yes_no, lora_b, idx
 
 
 def grad_norms(model, tokenizer, df, task: str, layer: int = -1, batch_size: int = 8, max_len: int = 512,
                shard_dir: str | Path | None = None, shard_size: int = 512, *, rank: int = 0,
-               world_size: int = 1, lora_seed: int = 0, progress: bool = True) -> np.ndarray | None:
+               world_size: int = 1, lora_seed: int = 0, lora: dict | None = None,
+               progress: bool = True) -> np.ndarray | None:
     """Per-sample gradient norms (N,) float32 w.r.t. LoRA B of v_proj at `layer`; batched closed form.
 
     With `shard_dir`, shards of `shard_size` samples are cached under a content key and skipped when present
     (resume); process `rank` of `world_size` fills shards rank, rank + world_size, ...; the full array is
-    returned once every shard exists, else None. A plain model is wrapped with LoRA in place (seed lora_seed).
+    returned once every shard exists, else None. A plain model is wrapped with LoRA in place (seed lora_seed,
+    `lora` = {r, alpha, dropout, target_modules} as in configs/model, default r 8, alpha 16, q_proj + v_proj).
     """
     if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
         raise SignalError(f"rank={rank} is not valid for world_size={world_size}")
-    model, enc, yes_no, lora_b, idx = _prepare(model, tokenizer, df, task, layer, max_len, lora_seed)
+    model, enc, yes_no, lora_b, idx = _prepare(model, tokenizer, df, task, layer, max_len, lora_seed, lora)
     n, pad_id = len(enc.ids), pad_id_of(tokenizer)
 
     def run(rows_list: list[np.ndarray], bar) -> list[np.ndarray]:
@@ -241,9 +243,9 @@ def grad_norms(model, tokenizer, df, task: str, layer: int = -1, batch_size: int
 
 
 def grad_norms_loop(model, tokenizer, df, task: str, layer: int = -1, max_len: int = 512, lora_seed: int = 0,
-                    progress: bool = True) -> np.ndarray:
+                    lora: dict | None = None, progress: bool = True) -> np.ndarray:
     """Reference: one forward and backward per sample, the norm of lora_B.weight.grad (slow; for checks)."""
-    model, enc, yes_no, lora_b, idx = _prepare(model, tokenizer, df, task, layer, max_len, lora_seed)
+    model, enc, yes_no, lora_b, idx = _prepare(model, tokenizer, df, task, layer, max_len, lora_seed, lora)
     dev, pad_id = model_device(model), pad_id_of(tokenizer)
     out = np.empty(len(enc.ids), dtype=np.float32)
     with _grad_only_for(model, lora_b.weight):

@@ -1,0 +1,60 @@
+"""EL2N scores against a direct one-sample-at-a-time computation from the model's own logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from goracs.models import tiny_llama
+from goracs.prompts import render_prompt
+from goracs.signals.common import SignalError
+from goracs.signals.el2n import el2n_scores
+from goracs.signals.toy import toy_split
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_llama(seed=1)
+
+
+@torch.no_grad()
+def _logits(model, ids):
+    return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+
+def test_ctr_el2n_is_the_yes_no_prediction_error(tiny):
+    model, tok = tiny
+    df = toy_split(7, "ctr", seed=4)
+    got = el2n_scores(model, tok, df, "ctr", batch_size=3, progress=False)
+    for k in range(len(df)):
+        ids = tok(render_prompt(df.instruction[k], df.input[k])).input_ids
+        p = torch.softmax(_logits(model, ids)[-1, [10539, 5230]], 0)  # "Yes", "No" in the SmolLM2 vocabulary
+        y = torch.tensor([1.0, 0.0]) if df.label[k] == 1 else torch.tensor([0.0, 1.0])
+        assert got[k] == pytest.approx(float(torch.linalg.norm(p - y)), rel=1e-4)
+    assert np.all((got >= 0) & (got <= np.sqrt(2) + 1e-6))
+
+
+def test_seqrec_el2n_is_the_mean_response_token_error(tiny):
+    model, tok = tiny
+    df = toy_split(6, "seqrec", seed=5)
+    got = el2n_scores(model, tok, df, "seqrec", batch_size=4, progress=False)
+    for k in range(len(df)):
+        p_ids = tok(render_prompt(df.instruction[k], df.input[k])).input_ids
+        r_ids = tok(df.output[k], add_special_tokens=False).input_ids + [tok.eos_token_id]
+        ids = p_ids + r_ids
+        probs = torch.softmax(_logits(model, ids), -1)
+        errs = [torch.linalg.norm(probs[t - 1] - torch.nn.functional.one_hot(torch.tensor(ids[t]), probs.shape[1]))
+                for t in range(len(p_ids), len(ids))]
+        assert got[k] == pytest.approx(float(torch.stack(errs).mean()), rel=1e-4)
+    np.testing.assert_allclose(got, el2n_scores(model, tok, df, "seqrec", batch_size=1, progress=False), rtol=1e-5)
+
+
+def test_el2n_bad_input(tiny):
+    model, tok = tiny
+    df = toy_split(3, "seqrec", seed=0)
+    with pytest.raises(SignalError, match="keep no response token within max_len=20"):
+        el2n_scores(model, tok, df, "seqrec", max_len=20, progress=False)
+    bad = toy_split(3, "ctr", seed=0).assign(label=[1, 2, 0])
+    with pytest.raises(SignalError, match="sample 1 has label 2"):
+        el2n_scores(model, tok, bad, "ctr", progress=False)
