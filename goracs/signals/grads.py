@@ -120,10 +120,12 @@ def sample_losses(model, ids: torch.Tensor, mask: torch.Tensor, task: str, label
     decoder, head = backbone(model)
     hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
     if task == "seqrec":
-        logits = head(hidden[:, :-1]).float()
-        tgt, m = ids[:, 1:], mask[:, 1:].to(logits.dtype)
-        ce = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")
-        return (ce * m).sum(1) / m.sum(1).clamp_min(1.0)
+        # logits only where a real next token exists (no work on padding), then a per-sample mean
+        b_idx, t_idx = torch.nonzero(mask[:, 1:], as_tuple=True)
+        logits = head(hidden[b_idx, t_idx]).float()
+        ce = F.cross_entropy(logits, ids[b_idx, t_idx + 1], reduction="none")
+        total = torch.zeros(len(ids), dtype=ce.dtype, device=ce.device).index_add(0, b_idx, ce)
+        return total / torch.bincount(b_idx, minlength=len(ids)).clamp_min(1).to(ce.dtype)
     last = mask.sum(1) - 1
     h = hidden[torch.arange(len(ids), device=ids.device), last]
     logits = head(h).float()[:, list(yes_no)]
