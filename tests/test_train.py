@@ -125,8 +125,13 @@ def test_ctr_finetune_lowers_answer_loss(tmp_path, tiny_cfg):
     model, tok = tiny_llama(seed=2)
     df = ctr_df(8)
     before = sequence_loss(model, tok, df, "ctr")
-    peft_model, rep = train_lora(model, tok, df, df, "ctr", tiny_cfg, tmp_path)
+    from goracs.report.wandb import RunLogger
+
+    lg = RunLogger()
+    peft_model, rep = train_lora(model, tok, df, df, "ctr", tiny_cfg, tmp_path, logger=lg)
     after = sequence_loss(peft_model, tok, df, "ctr")
+    logged = [(h["_step"], h["val/loss"]) for h in lg.history if "val/loss" in h]
+    assert logged == [(h["step"], h["val_loss"]) for h in rep["history"]]
     assert (after < before).all() and after.mean() < before.mean() - 0.1, (before.mean(), after.mean())
     assert rep["effective_batch"] == 4 and rep["grad_accum"] == 2
 

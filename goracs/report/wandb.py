@@ -196,21 +196,35 @@ def make_logger(cfg: Any = None, run_config: Any = None, **override) -> RunLogge
     return WandbLogger(mode=mode, config=run_config, **{k: v for k, v in c.items() if k in allowed})
 
 
-def read_offline_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+def read_offline_run(run_dir: str | os.PathLike, wait_s: float = 30.0) -> dict[str, Any]:
     """Parse an offline run's run-*.wandb file: {'run': {...}, 'config': {...}, 'history': [...],
-    'summary': {...}, 'artifacts': [...]} (values JSON-decoded)."""
+    'summary': {...}, 'artifacts': [...], 'complete': bool} (values JSON-decoded).
+
+    wandb-core may still be writing just after `finish()`: wait up to wait_s for the run's exit record."""
+    import time
+
     from wandb.proto import wandb_internal_pb2 as pb
 
-    files = sorted(Path(run_dir).glob("run-*.wandb"))
-    if not files:
-        raise LoggerError(f"no run-*.wandb file in {run_dir}")
-    data = files[0].read_bytes()
-    if data[:4] != b":W&B":
-        raise LoggerError(f"{files[0]} is not a wandb transaction log")
-    out: dict[str, Any] = {"run": {}, "config": {}, "history": [], "summary": {}, "artifacts": []}
-    for raw in _log_records(data):
-        r = pb.Record()
-        r.ParseFromString(raw)
+    deadline = time.time() + wait_s
+    while True:
+        files = sorted(Path(run_dir).glob("run-*.wandb"))
+        if not files:
+            raise LoggerError(f"no run-*.wandb file in {run_dir}")
+        data = files[0].read_bytes()
+        if data[:4] != b":W&B":
+            raise LoggerError(f"{files[0]} is not a wandb transaction log")
+        records = []
+        for raw in _log_records(data):
+            r = pb.Record()
+            r.ParseFromString(raw)
+            records.append(r)
+        complete = any(r.WhichOneof("record_type") == "exit" for r in records)
+        if complete or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    out: dict[str, Any] = {"run": {}, "config": {}, "history": [], "summary": {}, "artifacts": [],
+                           "complete": complete}
+    for r in records:
         kind = r.WhichOneof("record_type")
         if kind == "history":
             out["history"].append({(i.key or "/".join(i.nested_key)): _json(i.value_json) for i in r.history.item})
