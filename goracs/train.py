@@ -242,8 +242,15 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
     world_guess = int(os.environ.get("WORLD_SIZE", "1"))
     micro = int(c["micro_batch_size"])
     accum = max(1, int(c["batch_size"]) // (micro * world_guess))
+    from accelerate.utils import DistributedType
+
     acc = Accelerator(cpu=str(c["device"]) == "cpu", mixed_precision=c["mixed_precision"])
     world = acc.num_processes
+    is_ds = acc.distributed_type == DistributedType.DEEPSPEED
+    if is_ds:  # the engine accumulates itself; elsewhere accumulation is done here (acc.backward would rescale)
+        acc.gradient_accumulation_steps = accum
+    # FSDP / DeepSpeed: parameters may be sharded, so the best adapter is gathered from the full state dict
+    sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     set_seed(int(c["seed"]))
 
     if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
@@ -323,11 +330,12 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
         for i, batch in enumerate(train_dl):
             last_micro = (i + 1) % accum == 0 or i + 1 == micro_per_epoch
             n_micro = accum if (i // accum + 1) * accum <= micro_per_epoch else micro_per_epoch % accum
-            ctx = acc.no_sync(ddp_model) if not last_micro and world > 1 else _nullcontext()
+            ctx = acc.no_sync(ddp_model) if not last_micro and world > 1 and not is_ds else _nullcontext()
             with ctx:
                 ce, m = _token_losses(ddp_model, batch)
                 loss = ce.sum() / m.sum().clamp(min=1)
-                acc.backward(loss / n_micro)
+                # DeepSpeed's engine divides by its own accumulation steps and steps on its boundaries
+                acc.backward(loss if is_ds else loss / n_micro)
             running += float(loss.detach())
             running_n += 1
             if not last_micro:
@@ -351,7 +359,7 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
                                         "train/epoch": rec["epoch"]}, step=step)
                 if vl < best - float(c["min_delta"]):
                     best, best_step, bad_evals = vl, step, 0
-                    best_state = _lora_state(unwrapped)
+                    best_state = _snapshot(acc, ddp_model, unwrapped, sharded)
                 else:
                     bad_evals += 1
                     if c["patience"] is not None and bad_evals >= int(c["patience"]):
@@ -365,13 +373,17 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
     bar.close()
     if best_state is None:
         raise TrainError("no training step was taken (no samples or epochs = 0)")
-    set_peft_model_state_dict(unwrapped, best_state)
+    if not sharded:
+        set_peft_model_state_dict(unwrapped, best_state)
 
     adapter_info: dict[str, Any] = {}
     if acc.is_main_process:
         tmp = out_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(str(tmp))
+        if sharded:  # the in-memory model holds the last weights; save the gathered best ones
+            unwrapped.save_pretrained(str(tmp), state_dict=best_state)
+        else:
+            unwrapped.save_pretrained(str(tmp))
         adapter_info = _check_adapter(tmp, expect_trained=True)
         shutil.rmtree(adapter_dir, ignore_errors=True)
         os.replace(tmp, adapter_dir)
@@ -384,6 +396,7 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
         "best_step": best_step, "stopped_early": stopped_early, "n_truncated": n_trunc,
         "n_truncated_val": n_trunc_val, "trainable_params": int(n_trainable), "wall_s": round(time.time() - t0, 2),
         "adapter_dir": str(adapter_dir), "adapter": adapter_info, "history": history, "resumed": False,
+        "distributed_type": str(acc.distributed_type), "in_memory_is_best": not sharded,
         "config": {k: v for k, v in c.items() if k != "task_overrides"},
     }
     if acc.is_main_process:
@@ -393,6 +406,16 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
                                 "train/wall_s": report["wall_s"]})
     unwrapped.eval()
     return unwrapped, report
+
+
+def _snapshot(acc, ddp_model, unwrapped, sharded: bool) -> dict[str, torch.Tensor]:
+    """A CPU copy of the LoRA weights now (gathered from the full state dict when parameters are sharded)."""
+    if not sharded:
+        return _lora_state(unwrapped)
+    full = acc.get_state_dict(ddp_model)  # a collective call: every process takes part
+    if not acc.is_main_process:
+        return {}
+    return {k: v.detach().to("cpu", copy=True) for k, v in full.items() if "lora_" in k}
 
 
 class _nullcontext:
@@ -450,21 +473,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", default=None, help="optional test samples to evaluate after training")
     ap.add_argument("--catalogue", default=None, help="item catalogue (item_id, title) for SeqRec evaluation")
     ap.add_argument("--eval-config", default=None)
+    ap.add_argument("--dtype", default="float32", help="model weights dtype (bfloat16 for llama7b on GPU)")
+    ap.add_argument("--load-in-8bit", action="store_true")
     ap.add_argument("overrides", nargs="*", help="dotlist overrides of the train config, e.g. lr=1e-3")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = OmegaConf.merge(load_config_file(a.config), OmegaConf.from_dotlist(a.overrides))
     c = train_config(cfg, a.task)
     set_threads(c["num_threads"])
+    from accelerate import PartialState
+
     from goracs.models import load_model
 
     train_df = load_samples(a.train)
     if a.coreset:
         train_df = select_coreset(train_df, np.load(a.coreset), name=a.coreset)
     val_df = load_samples(a.val)
-    dev = "cpu" if c["device"] == "cpu" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(a.model, a.model_path, device="cpu" if dev == "cpu" else dev, seed=int(c["seed"]))
+    state = PartialState(cpu=str(c["device"]) == "cpu")  # joins the launcher's process group, if any
+    dev = str(state.device)
+    model, tok = load_model(a.model, a.model_path, dtype=a.dtype, load_in_8bit=a.load_in_8bit, device=dev,
+                            seed=int(c["seed"]))
     model, report = train_lora(model, tok, train_df, val_df, a.task, cfg, a.out)
+    if not report.get("in_memory_is_best", True):  # FSDP / DeepSpeed: evaluate the saved best adapter
+        from peft import PeftModel
+
+        base, tok = load_model(a.model, a.model_path, dtype=a.dtype, load_in_8bit=a.load_in_8bit, device=dev,
+                               seed=int(c["seed"]))
+        model = PeftModel.from_pretrained(base, report["adapter_dir"]).eval()
     result: dict[str, Any] = {"train": {k: v for k, v in report.items() if k not in ("history", "config")}}
     if a.test:
         test_df = load_samples(a.test)
@@ -474,18 +509,14 @@ def main(argv: list[str] | None = None) -> int:
 
             r = evaluate_ctr(model, tok, test_df, ecfg)
         else:
-            import pandas as pd
-
             from goracs.evaluate.seqrec import evaluate_seqrec
 
             if not a.catalogue:
                 raise DataError("SeqRec evaluation needs --catalogue")
             r = evaluate_seqrec(model, None, tok, test_df, load_samples(a.catalogue), ecfg,
                                 cache_dir=Path(a.out) / "cache")
-        result["eval"] = {k: v for k, v in r.items() if k not in ("per_sample", "p_yes")}
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+        result["eval"] = {k: v for k, v in r.items() if k not in ("per_sample", "p_yes", "labels")}
+    if state.is_main_process:
         write_json(Path(a.out) / "result.json", result)
         print(json.dumps(result, indent=2, default=str))
     return 0
