@@ -16,7 +16,7 @@ from goracs.runinfo import write_run_info
 log = logging.getLogger("goracs")
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-STAGES = ("prepare", "stats")
+STAGES = ("prepare", "stats", "all", "demo", "aggregate")
 
 
 def run(cfg: DictConfig, out_dir: Path):
@@ -31,6 +31,12 @@ def run(cfg: DictConfig, out_dir: Path):
         return data
     if cfg.stage == "stats":
         return pipeline.run_stats(cfg, out_dir)
+    if cfg.stage == "all":
+        return pipeline.run_all(cfg, out_dir)
+    if cfg.stage == "demo":
+        return pipeline.run_demo(cfg, out_dir)
+    if cfg.stage == "aggregate":
+        return pipeline.run_aggregate(cfg, out_dir)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

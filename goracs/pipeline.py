@@ -205,7 +205,7 @@ def build_signals(cfg: DictConfig, p: dict[str, Any], needs: tuple[str, ...]):
     """The Signals a selector needs (computed or loaded from the cache), plus their cache keys."""
     from goracs.selection.base import Signals
 
-    sig = Signals()
+    sig = Signals(n=len(p["train"]))
     if {"embeddings", "val_embeddings"} & set(needs):
         sig.embeddings, sig.val_embeddings = compute_embeddings(cfg, p)
     if "grad_norms" in needs:
@@ -215,8 +215,8 @@ def build_signals(cfg: DictConfig, p: dict[str, Any], needs: tuple[str, ...]):
     if cfg.task.name == "ctr":
         sig.labels = p["train"]["label"].to_numpy().astype(np.int64)
         sig.val_labels = p["valid"]["label"].to_numpy().astype(np.int64)
-    if "extra" in needs:
-        sig.extra = sequence_signals(p)
+    if cfg.task.name == "seqrec":
+        sig.extra = sequence_signals(p)  # cheap; surrogate-model selectors (DEALRec) train on these sequences
     return sig
 
 
@@ -298,29 +298,194 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any]) ->
 SCALAR_METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "auc", "logloss", "accuracy")
 
 
-def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """prepare -> signals -> select -> train -> evaluate for one dataset, task, selector and seed."""
+def run_logger(cfg: DictConfig, out_dir: Path, job_type: str):
+    """The configured W&B (or no-op) logger for one run, writing under the run's folder."""
     from goracs.report.wandb import make_logger
 
+    over: dict[str, Any] = {"dir": str(out_dir)}
+    if cfg.logger.get("backend", "none") != "none":
+        over["group"] = cfg.logger.get("group") or f"{cfg.dataset.name}-{cfg.task.name}"
+        over["job_type"] = cfg.logger.get("job_type") or job_type
+        over["name"] = cfg.logger.get("name") or \
+            f"{cfg.dataset.name}-{cfg.task.name}-{cfg.selector.name}-n{cfg.selector.budget}-s{cfg.seed}"
+        over["tags"] = list(cfg.logger.get("tags") or []) + [cfg.dataset.name, cfg.task.name, cfg.selector.name]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return make_logger(cfg.logger, as_dict(cfg), **over)
+
+
+def proxy_values(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], trained: dict[str, Any]) -> dict:
+    """POO of the coreset (at the task's lambda) and the fine-tuned model's mean test loss: the proxy check."""
+    from goracs.selection.cost import compute_cost
+    from goracs.selection.ot import poo
+    from goracs.train import sequence_loss
+
+    emb, val = compute_embeddings(cfg, p)
+    lam = float(cfg.selector.get("lam", cfg.task.get("lam", 0.0)))
+    C = compute_cost(emb, val, compute_grad_norms(cfg, p), lam, device="cpu")
+    value = poo(C[sel["indices"]])[0]
+    losses = sequence_loss(trained["model"], trained["tokenizer"], p["test"], cfg.task.name,
+                           cutoff_len=int(cfg.train.cutoff_len), batch_size=int(cfg.train.eval_batch_size))
+    return {"poo": float(value), "poo_lam": lam, "test_loss": float(np.mean(losses))}
+
+
+def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """prepare -> signals -> select -> train -> evaluate for one dataset, task, selector and seed."""
+    out_dir = Path(out_dir)
+    done = out_dir / "metrics.json"
+    if done.exists() and cfg.get("skip_finished", True):
+        prev = json.loads(done.read_text())
+        if prev.get("config") == as_dict(cfg):
+            log.info("%s already finished with this config: skipped", out_dir)
+            return prev
     t0 = time.perf_counter()
     data = run_prepare(cfg)
     p = pool(cfg, data)
-    with make_logger(cfg.logger, as_dict(cfg), out_dir) as logger:
+    with run_logger(cfg, out_dir, "pipeline") as logger:
         sel = run_select(cfg, p)
         logger.log_coreset(sel["indices"])
-        if "poo_trajectory" in sel["report"]:
+        if sel["report"].get("poo_trajectory"):
             logger.log_trajectory(sel["report"]["poo_trajectory"])
         trained = run_train(cfg, p, sel, logger=logger)
         metrics = run_evaluate(cfg, p, trained)
-        scalars = {k: float(metrics[k]) for k in metrics if k.lower() in SCALAR_METRICS}
+        scalars = {k.lower(): float(metrics[k]) for k in metrics if k.lower() in SCALAR_METRICS}
+        if cfg.get("proxy_check", True):
+            scalars.update(proxy_values(cfg, p, sel, trained))
         result = {"dataset": cfg.dataset.name, "task": cfg.task.name, "selector": cfg.selector.name,
                   "budget": int(cfg.selector.budget), "lam": cfg.selector.get("lam"), "seed": int(cfg.seed),
                   "n_train_pool": len(p["train"]), "n_test": len(p["test"]), **scalars,
                   "select_seconds": sel["report"].get("select_seconds"),
+                  "wall_seconds": time.perf_counter() - t0,
                   "train_report": {k: v for k, v in trained["report"].items() if not isinstance(v, (list, dict))},
                   "selection_report": {k: v for k, v in sel["report"].items() if not isinstance(v, (list, dict))},
                   "poo_trajectory": sel["report"].get("poo_trajectory"),
-                  "wall_seconds": time.perf_counter() - t0}
-        logger.log_metrics(scalars)
-        write_json(out_dir / "metrics.json", result)
+                  "coreset": str(sel["path"] / "indices.npy"), "config": as_dict(cfg)}
+        logger.log_metrics(scalars, summary=True)
+        logger.log_table("result", _one_row(result))
+        write_json(done, result)
     return result
+
+
+def _one_row(result: dict[str, Any]):
+    import pandas as pd
+
+    return pd.DataFrame([{k: v for k, v in result.items() if not isinstance(v, (list, dict))}])
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def with_task_selector(cfg: DictConfig, task: str, selector: str, budget: int | None = None,
+                       lam: float | None = None) -> DictConfig:
+    """A copy of cfg running `task` with `selector` (group files loaded from configs/), keeping the run's pool
+    caps and history length."""
+    sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    task_cfg = OmegaConf.load(CONFIG_DIR / "task" / f"{task}.yaml")
+    for k in ("max_history", "pool"):
+        if k in cfg.task:
+            task_cfg[k] = cfg.task[k]
+    sub.task = task_cfg
+    path = CONFIG_DIR / "selector" / f"{selector}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown selector '{selector}': no {path}")
+    sel_cfg = OmegaConf.load(path)
+    sel_cfg.budget = int(budget) if budget is not None else task_cfg.budget
+    if "lam" in sel_cfg and lam is not None:
+        sel_cfg.lam = float(lam)
+    sub.selector = sel_cfg
+    return sub
+
+
+def result_table(rows: list[dict[str, Any]]) -> str:
+    """The demo's printed table: one row per task and selector."""
+    out = []
+    for r in rows:
+        metrics = ["hr@5", "hr@10", "ndcg@5", "ndcg@10"] if r["task"] == "seqrec" else ["auc", "logloss"]
+        out.append({"task": r["task"], "selector": r["selector"], "budget": r["budget"],
+                    "metrics": ", ".join(f"{m.upper()} {r[m]:.4f}" for m in metrics if r.get(m) is not None),
+                    "select s": round(r.get("select_seconds") or 0.0, 2),
+                    "run s": round(r["wall_seconds"], 1)})
+    return markdown_table(out)
+
+
+def run_demo(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
+    """The main job on the embedded default: every task x selector of the demo, then one table."""
+    names = list(cfg.demo.full_selectors if int(cfg.demo.full) else cfg.demo.selectors)
+    rows = []
+    t0 = time.perf_counter()
+    for task in cfg.demo.tasks:
+        for name in names:
+            if name in (cfg.demo.get("seqrec_only") or []) and task != "seqrec":
+                continue
+            sub = with_task_selector(cfg, task, name, budget=cfg.demo.budget[task], lam=cfg.demo.lam[task])
+            for k, v in (cfg.demo.get("selector_overrides", {}) or {}).get(name, {}).items():
+                sub.selector[k] = v
+            log.info("demo: %s with %s", task, name)
+            rows.append(run_all(sub, out_dir / f"{task}_{name}"))
+    table = result_table(rows)
+    total = time.perf_counter() - t0
+    text = (f"# Demo results (synthetic default, SmolLM2-135M, {'all selectors' if int(cfg.demo.full) else 'GORACS and random'})\n\n"
+            f"Command: `make demo{' FULL=1' if int(cfg.demo.full) else ''}`; total {total / 60:.1f} min.\n\n{table}")
+    print("\n" + text)
+    res_dir = Path(cfg.demo.out_dir)
+    write_text(res_dir / f"table{'_full' if int(cfg.demo.full) else ''}.md", text)
+    write_json(res_dir / f"results{'_full' if int(cfg.demo.full) else ''}.json", rows)
+    write_text(out_dir / "table.md", text)
+    return rows
+
+
+def run_aggregate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Tables from the profile's table runs and figures from its sweeps, into results/ (and W&B)."""
+    from goracs.report import plots
+    from goracs.report.aggregate import METRICS, collect, write_tables
+
+    prof = cfg.aggregate.profile
+    root = Path(cfg.paths.output_dir)
+    res = Path(cfg.paths.results_dir)
+    tables = write_tables([root / f"table_{prof}"], res)
+    figs = res / "figures"
+    made = []
+    sweeps = collect([root / f"sweep_{prof}"]) if (root / f"sweep_{prof}").exists() else None
+    main_metric = {"seqrec": "ndcg@10", "ctr": "auc"}
+    if sweeps is not None and not sweeps.empty:
+        for task, part in sweeps.groupby("task"):
+            m = main_metric[task]
+            lam_runs = part[(part["selector"] == "goracs") & part["lam"].notna()]
+            if lam_runs["lam"].nunique() > 1:
+                b = lam_runs["budget"].mode().iloc[0]
+                made.append(plots.metric_vs(lam_runs[lam_runs["budget"] == b], "lam", m,
+                                            figs / f"{task}_{m}_vs_lambda.png",
+                                            f"{task}: {m.upper()} against lambda (n = {b})"))
+            if part["budget"].nunique() > 1:
+                lam_default = cfg.aggregate.get("lam", {}).get(task)
+                keep = part[(part["selector"] != "goracs") | (part["lam"].astype(float) == float(lam_default))] \
+                    if lam_default is not None else part
+                made.append(plots.metric_vs(keep, "budget", m, figs / f"{task}_{m}_vs_budget.png",
+                                            f"{task}: {m.upper()} against budget"))
+    runs = collect([root / f"table_{prof}", root / f"sweep_{prof}"])
+    if not runs.empty and "poo" in runs and "test_loss" in runs:
+        for task, part in runs.dropna(subset=["poo", "test_loss"]).groupby("task"):
+            b = part["budget"].mode().iloc[0]
+            part = part[part["budget"] == b]
+            if len(part) > 2:
+                kinds = ["random" if s == "random" else ("GORACS" if s == "goracs" else "other selectors")
+                         for s in part["selector"]]
+                made.append(plots.proxy_check(part["poo"].to_numpy(float), part["test_loss"].to_numpy(float),
+                                              kinds, figs / f"{task}_proxy_check.png"))
+    traj = {}
+    for path in sorted((root / f"table_{prof}").rglob("metrics.json")):
+        m = json.loads(path.read_text())
+        if m.get("poo_trajectory") and m.get("seed", 0) == 0:
+            traj[f"{m['dataset']}/{m['task']} n={m['budget']}"] = m["poo_trajectory"]
+    if traj:
+        made.append(plots.poo_descent(traj, figs / "poo_descent.png"))
+    print("\n".join(f"wrote {p}" for p in made))
+    if cfg.get("logger") is not None and cfg.logger.get("backend", "none") != "none":
+        from goracs.report.wandb import make_logger
+
+        with make_logger(cfg.logger, as_dict(cfg), dir=str(out_dir), job_type="aggregate",
+                         group=f"table-{prof}") as logger:
+            for task, df in tables.items():
+                if not df.empty:
+                    logger.log_table(f"table_{task}", df)
+    return {"tables": {k: len(v) for k, v in tables.items()}, "figures": [str(p) for p in made],
+            "metrics": METRICS}

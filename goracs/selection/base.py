@@ -24,9 +24,12 @@ class Signals:
     labels: np.ndarray | None = None  # (N,) integer class labels (CTR), None for SeqRec
     val_labels: np.ndarray | None = None  # (M,) integer class labels of the validation set
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. user/item sequences for DEALRec
+    n: int | None = None  # pool size, for selectors that need no per-sample signal (random)
 
     @property
     def n_train(self) -> int:
+        if self.n is not None:
+            return int(self.n)
         for a in (self.embeddings, self.grad_norms, self.el2n, self.labels):
             if a is not None:
                 return len(a)
