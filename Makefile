@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test demo clean-cache
+.PHONY: setup test demo reproduce-table clean-cache
 
 setup: $(STAMP)
 
@@ -36,9 +36,17 @@ $(STAMP): requirements.txt pyproject.toml
 test: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q tests $(EXTRA)
 
-# the main job on the embedded default (synthetic data, no network)
+# the main job on the embedded default (synthetic data, SmolLM2-135M on CPU, no network); FULL=1: every selector
 demo: setup
-	$(PY) -m goracs stage=stats $(EXTRA)
+	$(PY) -m goracs experiment=demo demo.full=$(FULL) $(EXTRA)
+
+# every (dataset x) task x selector x seed of the paper's tables, the lambda and budget sweeps, then the tables
+# (results/table_{seqrec,ctr}.{md,csv}) and figures (results/figures/). PROFILE=default | paper
+reproduce-table: setup
+	$(PY) -m goracs -m experiment=table_$(PROFILE) $(EXTRA)
+	$(PY) -m goracs -m experiment=sweep_lambda_$(PROFILE) $(EXTRA)
+	$(PY) -m goracs -m experiment=sweep_budget_$(PROFILE) $(EXTRA)
+	$(PY) -m goracs stage=aggregate aggregate.profile=$(PROFILE) $(EXTRA)
 
 clean-cache:
 	rm -rf cache outputs multirun

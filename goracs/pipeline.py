@@ -331,6 +331,9 @@ def proxy_values(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], traine
 def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """prepare -> signals -> select -> train -> evaluate for one dataset, task, selector and seed."""
     out_dir = Path(out_dir)
+    if cfg.selector.name in (cfg.get("seqrec_only_selectors") or []) and cfg.task.name != "seqrec":
+        log.warning("%s is a SeqRec-only selector: %s skipped", cfg.selector.name, cfg.task.name)
+        return {}
     done = out_dir / "metrics.json"
     if done.exists() and cfg.get("skip_finished", True):
         prev = json.loads(done.read_text())
@@ -374,24 +377,20 @@ def _one_row(result: dict[str, Any]):
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def with_task_selector(cfg: DictConfig, task: str, selector: str, budget: int | None = None,
-                       lam: float | None = None) -> DictConfig:
-    """A copy of cfg running `task` with `selector` (group files loaded from configs/), keeping the run's pool
-    caps and history length."""
+def with_task_selector(cfg: DictConfig, task: str, selector: str) -> DictConfig:
+    """A copy of cfg running `task` with `selector` (group files loaded from configs/); task settings that the
+    run changed from its own task file (by a profile or on the command line) carry over to the new task."""
     sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    own = OmegaConf.load(CONFIG_DIR / "task" / f"{cfg.task.name}.yaml")
     task_cfg = OmegaConf.load(CONFIG_DIR / "task" / f"{task}.yaml")
-    for k in ("max_history", "pool"):
-        if k in cfg.task:
+    for k in cfg.task:
+        if k != "name" and (k not in own or cfg.task[k] != own[k]):
             task_cfg[k] = cfg.task[k]
     sub.task = task_cfg
     path = CONFIG_DIR / "selector" / f"{selector}.yaml"
     if not path.exists():
         raise ValueError(f"unknown selector '{selector}': no {path}")
-    sel_cfg = OmegaConf.load(path)
-    sel_cfg.budget = int(budget) if budget is not None else task_cfg.budget
-    if "lam" in sel_cfg and lam is not None:
-        sel_cfg.lam = float(lam)
-    sub.selector = sel_cfg
+    sub.selector = OmegaConf.load(path)
     return sub
 
 
@@ -414,11 +413,9 @@ def run_demo(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     for task in cfg.demo.tasks:
         for name in names:
-            if name in (cfg.demo.get("seqrec_only") or []) and task != "seqrec":
+            if name in (cfg.get("seqrec_only_selectors") or []) and task != "seqrec":
                 continue
-            sub = with_task_selector(cfg, task, name, budget=cfg.demo.budget[task], lam=cfg.demo.lam[task])
-            for k, v in (cfg.demo.get("selector_overrides", {}) or {}).get(name, {}).items():
-                sub.selector[k] = v
+            sub = with_task_selector(cfg, task, name)
             log.info("demo: %s with %s", task, name)
             rows.append(run_all(sub, out_dir / f"{task}_{name}"))
     table = result_table(rows)
