@@ -462,8 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--train", required=True, help="training samples (.parquet/.json/.jsonl)")
-    ap.add_argument("--val", required=True, help="validation samples")
+    ap.add_argument("--train", help="training samples (.parquet/.json/.jsonl)")
+    ap.add_argument("--val", help="validation samples")
+    ap.add_argument("--adapter", default=None, help="evaluate this saved adapter instead of training")
     ap.add_argument("--task", required=True, choices=["seqrec", "ctr"])
     ap.add_argument("--model", default="tiny", help="tiny | smollm2_135m | llama7b")
     ap.add_argument("--model-path", default=None)
@@ -485,22 +486,32 @@ def main(argv: list[str] | None = None) -> int:
 
     from goracs.models import load_model
 
-    train_df = load_samples(a.train)
-    if a.coreset:
-        train_df = select_coreset(train_df, np.load(a.coreset), name=a.coreset)
-    val_df = load_samples(a.val)
+    from peft import PeftModel
+
+    if a.adapter is None and not (a.train and a.val):
+        ap.error("--train and --val are needed unless --adapter names a trained adapter to evaluate")
+    if a.adapter is not None and not a.test:
+        ap.error("--adapter (evaluation only) needs --test")
     state = PartialState(cpu=str(c["device"]) == "cpu")  # joins the launcher's process group, if any
     dev = str(state.device)
     model, tok = load_model(a.model, a.model_path, dtype=a.dtype, load_in_8bit=a.load_in_8bit, device=dev,
                             seed=int(c["seed"]))
-    model, report = train_lora(model, tok, train_df, val_df, a.task, cfg, a.out)
-    if not report.get("in_memory_is_best", True):  # FSDP / DeepSpeed: evaluate the saved best adapter
-        from peft import PeftModel
-
-        base, tok = load_model(a.model, a.model_path, dtype=a.dtype, load_in_8bit=a.load_in_8bit, device=dev,
-                               seed=int(c["seed"]))
-        model = PeftModel.from_pretrained(base, report["adapter_dir"]).eval()
-    result: dict[str, Any] = {"train": {k: v for k, v in report.items() if k not in ("history", "config")}}
+    result: dict[str, Any] = {}
+    if a.adapter is not None:
+        _check_adapter(Path(a.adapter), expect_trained=False)
+        model = PeftModel.from_pretrained(model, a.adapter).eval()
+        result["adapter"] = str(a.adapter)
+    else:
+        train_df = load_samples(a.train)
+        if a.coreset:
+            train_df = select_coreset(train_df, np.load(a.coreset), name=a.coreset)
+        val_df = load_samples(a.val)
+        model, report = train_lora(model, tok, train_df, val_df, a.task, cfg, a.out)
+        if not report.get("in_memory_is_best", True):  # FSDP / DeepSpeed: evaluate the saved best adapter
+            base, tok = load_model(a.model, a.model_path, dtype=a.dtype, load_in_8bit=a.load_in_8bit,
+                                   device=dev, seed=int(c["seed"]))
+            model = PeftModel.from_pretrained(base, report["adapter_dir"]).eval()
+        result["train"] = {k: v for k, v in report.items() if k not in ("history", "config")}
     if a.test:
         test_df = load_samples(a.test)
         ecfg = to_dict(load_config_file(a.eval_config)) if a.eval_config else {}

@@ -147,3 +147,34 @@ def test_evaluate_seqrec_bad_input(tiny):
     with pytest.raises(DataError, match="carries LoRA"):
         with base_model_context(peft.base_model.model, peft.base_model.model):
             pass
+
+
+def test_finetune_cli_seqrec_end_to_end(tmp_path):
+    """scripts/finetune.py's main: fine-tune on a coreset of the samples, then generate + ground + rank."""
+    import json
+
+    from goracs.train import main
+
+    cat = catalogue()
+    train = make_test_df(cat, 6, seed=1).drop(columns=["negatives"])
+    make_test_df(cat, 3, seed=2).to_parquet(tmp_path / "val.parquet")
+    make_test_df(cat, 3, seed=3).to_parquet(tmp_path / "test.parquet")
+    train.to_parquet(tmp_path / "train.parquet")
+    cat.to_parquet(tmp_path / "items.parquet")
+    np.save(tmp_path / "coreset.npy", np.array([0, 2, 3, 5]))
+    (tmp_path / "eval.yaml").write_text("max_new_tokens: 4\nnum_negatives: 9\nbatch_size: 3\nprogress: false\n")
+    rc = main(["--train", str(tmp_path / "train.parquet"), "--val", str(tmp_path / "val.parquet"),
+               "--coreset", str(tmp_path / "coreset.npy"), "--task", "seqrec", "--model", "tiny",
+               "--config", "configs/train/tiny.yaml", "--test", str(tmp_path / "test.parquet"),
+               "--catalogue", str(tmp_path / "items.parquet"), "--eval-config", str(tmp_path / "eval.yaml"),
+               "--out", str(tmp_path / "out"), "epochs=1"])
+    assert rc == 0
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert res["train"]["n_train"] == 4 and res["train"]["steps"] == 1
+    assert res["eval"]["n"] == 3 and res["eval"]["n_candidates"] == 10 and 0 <= res["eval"]["HR@10"] <= 1
+    assert len(list((tmp_path / "out" / "cache").glob("catalogue_emb_*.npy"))) == 1
+    np.save(tmp_path / "bad.npy", np.array([0, 6]))
+    with pytest.raises(DataError, match="bad.npy.*does not fit the 6 training samples"):
+        main(["--train", str(tmp_path / "train.parquet"), "--val", str(tmp_path / "val.parquet"),
+              "--coreset", str(tmp_path / "bad.npy"), "--task", "seqrec", "--model", "tiny",
+              "--config", "configs/train/tiny.yaml", "--out", str(tmp_path / "out2")])
