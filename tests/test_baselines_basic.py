@@ -31,8 +31,9 @@ def signals():
 
 def build(name: str, **params):
     """A selector from its Hydra config file (configs/selector/<name>.yaml), with overrides."""
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "selector" / f"{name}.yaml"))
-    assert cfg.pop("name") == name and cfg.pop("budget") == 1024
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "selector" / f"{name}.yaml"), resolve=False)
+    assert cfg.pop("name") == name and "budget" in cfg  # the budget is the pipeline's (per task), not a param
+    cfg.pop("budget")
     return REGISTRY[name](**{**cfg, **params})
 
 
