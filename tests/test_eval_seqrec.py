@@ -47,8 +47,10 @@ def tiny():
 
 def test_clean_generation():
     assert clean_generation(' "Kart Racer 3"\n\n### Input: junk') == "Kart Racer 3"
-    assert clean_generation('The "Best" Game"') == 'The "Best" Game'
+    assert clean_generation('"The "Best" Game"') == 'The "Best" Game'  # tuned output: quoted line
     assert clean_generation('  \n') == ""
+    assert clean_generation('The user will interact with: "Chess Story 20" next') == "Chess Story 20"
+    assert clean_generation('Chess Story 20') == "Chess Story 20"
 
 
 def test_batched_beam_search_matches_one_prompt_at_a_time(tiny):

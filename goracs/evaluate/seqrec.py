@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,13 @@ PROTOCOLS = ("sampled", "full")
 
 
 def clean_generation(text: str) -> str:
-    """The title in a generated response: its first line, without surrounding quotes and spaces."""
+    """The title in a generated response: its first line without surrounding quotes; when the line does not
+    start with a quote but holds a quoted span (an untuned model's 'The next item is "X"'), that span."""
     t = text.strip().split("\n", 1)[0].strip()
+    if not t.startswith('"'):
+        m = re.search(r'"([^"]+)"', t)
+        if m:
+            return m.group(1).strip()
     return t.strip('"').strip()
 
 
