@@ -44,6 +44,36 @@ def test_batched_equals_per_sample_loop(tiny, frames, task):
     assert np.std(loop) > 0  # samples differ, so a constant answer could not pass
 
 
+@pytest.mark.parametrize("task", ["seqrec", "ctr"])
+def test_shared_prefix_cache_changes_nothing_but_the_work(tiny, frames, task, monkeypatch):
+    model, tok = tiny
+    df = frames[task]
+    assert G.common_prefix_len(encode(tok, df, task, 512), task) > 50  # header + instruction are shared
+    used = {"n": 0}
+    real = G._batch_norms_prefix
+
+    def spy(*a, **k):
+        used["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(G, "_batch_norms_prefix", spy)
+    with_prefix = G.grad_norms(model, tok, df, task, batch_size=3, progress=False)
+    assert used["n"] == 4  # 10 samples in batches of 3, all through the cached prefix
+    without = G.grad_norms(model, tok, df, task, batch_size=3, shared_prefix=0, progress=False)
+    assert used["n"] == 4
+    np.testing.assert_allclose(with_prefix, without, rtol=1e-5)
+    # a sample with another instruction shortens the shared prefix to the header; still exact
+    other = df.copy()
+    other.loc[0, "instruction"] = "Rate it."
+    short = G.common_prefix_len(encode(tok, other, task, 512), task)
+    assert 16 < short < G.common_prefix_len(encode(tok, df, task, 512), task)
+    np.testing.assert_allclose(G.grad_norms(model, tok, other, task, batch_size=3, progress=False),
+                               G.grad_norms_loop(model, tok, other, task, progress=False), rtol=1e-4)
+    assert used["n"] == 8
+    G.grad_norms(model, tok, other, task, batch_size=3, shared_prefix=short + 1, progress=False)
+    assert used["n"] == 8  # a prefix shorter than the threshold: the plain path
+
+
 def test_layer_setting_changes_target(tiny, frames):
     model, tok = tiny
     df = frames["seqrec"]

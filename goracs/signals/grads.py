@@ -80,6 +80,16 @@ def lora_b_module(model, layer: int = -1, module: str = "v_proj") -> tuple[torch
     return mod.lora_B[ad], idx
 
 
+def _lora_scaling(model, lora_b: torch.nn.Module) -> float:
+    """The LoRA scaling (alpha / r) of the adapter whose B linear is `lora_b`."""
+    for mod in model.modules():
+        if hasattr(mod, "lora_B"):
+            for ad, lin in mod.lora_B.items():
+                if lin is lora_b:
+                    return float(mod.scaling[ad])
+    raise SignalError("could not find the LoRA layer that owns the chosen B matrix")
+
+
 def model_fingerprint(model) -> str:
     """Cheap identity of a model's weights: config, parameter names and shapes, a strided sample of each."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -156,9 +166,97 @@ class _Capture:
         self.a = self.out = None
 
 
+def common_prefix_len(enc: Encoded, task: str) -> int:
+    """Tokens every sample starts with that can be computed once: all SeqRec targets inside the prefix are shared
+    (so it stops one token before the first difference) and every sample keeps at least one token after it."""
+    first = np.asarray(enc.ids[0])
+    p = len(first)
+    for ids in enc.ids[1:]:
+        m = min(p, len(ids))
+        neq = np.flatnonzero(first[:m] != np.asarray(ids[:m]))
+        p = int(neq[0]) if len(neq) else m
+    return max(0, min(p - 1, min(len(i) for i in enc.ids) - 1))
+
+
+def _prefix_state(model, lora_b, idx: int, enc: Encoded, task: str, min_len: int):
+    """Run the shared prompt prefix once: its key/value cache (detached), the LoRA-A inputs at the target layer
+    and, for SeqRec, the summed gradient of the prefix's own token losses (identical for every sample)."""
+    c = common_prefix_len(enc, task)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if c < max(1, int(min_len)) or idx != int(base.config.num_hidden_layers) - 1:
+        # exact only for the last layer: below it, the cached prefix keys/values of the layers above the target
+        # would also depend on the target's prefix values, and a constant cache would drop that gradient
+        return None
+    from transformers import DynamicCache
+
+    decoder, head = backbone(model)
+    dev = model_device(model)
+    ids = torch.as_tensor([enc.ids[0][:c]], device=dev)
+    cap = _Capture(lora_b)
+    try:
+        out = decoder(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                      past_key_values=DynamicCache())
+        a_pre = cap.a.detach().float()[0]
+        g_pre = None
+        if task == "seqrec":  # positions 0..c-1 predict the shared tokens 1..c
+            ce = F.cross_entropy(head(out.last_hidden_state[0]).float(),
+                                 torch.as_tensor(enc.ids[0][1:c + 1], device=dev), reduction="sum")
+            (g,) = torch.autograd.grad(ce, cap.out)
+            g_pre = g[0].float().T @ a_pre
+        kv = [(layer.keys.detach(), layer.values.detach()) for layer in out.past_key_values.layers]
+    finally:
+        cap.close()
+    return {"len": c, "a": a_pre, "grad": g_pre, "kv": kv, "layer": idx, "scaling": _lora_scaling(model, lora_b)}
+
+
+def _batch_norms_prefix(model, lora_b, enc: Encoded, rows: np.ndarray, task: str, yes_no, pad_id: int,
+                        pre: dict) -> np.ndarray:
+    """As _batch_norms, but the batch continues from the cached shared prefix. The target layer's prefix values
+    are a leaf per sample, so their gradient (what the suffix's attention sends back) is exact per sample."""
+    from transformers import DynamicCache
+
+    dev, c, b = model_device(model), pre["len"], len(rows)
+    ids, mask = pad_right([enc.ids[k][c:] for k in rows], pad_id, dev)
+    data, v_leaf = [], None
+    for i, (k_, v_) in enumerate(pre["kv"]):
+        k_b, v_b = k_.expand(b, -1, -1, -1), v_.expand(b, -1, -1, -1)
+        if i == pre["layer"]:
+            v_b = v_leaf = v_b.clone().requires_grad_(True)
+        data.append((k_b, v_b))
+    decoder, head = backbone(model)
+    cap = _Capture(lora_b)
+    try:
+        full_mask = torch.cat([torch.ones((b, c), dtype=mask.dtype, device=dev), mask], 1)
+        hidden = decoder(input_ids=ids, attention_mask=full_mask, past_key_values=DynamicCache(ddp_cache_data=data),
+                         use_cache=True).last_hidden_state
+        if task == "seqrec":  # suffix token losses; the per-sample mean divides by ALL predicted tokens
+            b_idx, t_idx = torch.nonzero(mask[:, 1:], as_tuple=True)
+            ce = F.cross_entropy(head(hidden[b_idx, t_idx]).float(), ids[b_idx, t_idx + 1], reduction="none")
+            n_tok = torch.as_tensor([len(enc.ids[k]) - 1 for k in rows], device=dev, dtype=ce.dtype)
+            loss = torch.zeros(b, dtype=ce.dtype, device=dev).index_add(0, b_idx, ce) / n_tok
+        else:
+            last = mask.sum(1) - 1
+            logits = head(hidden[torch.arange(b, device=dev), last]).float()[:, list(yes_no)]
+            labels = torch.as_tensor(enc.labels[rows], device=dev)
+            loss = F.cross_entropy(logits, (labels == 0).long(), reduction="none")
+        _check_finite(loss, rows, task)
+        g, dv = torch.autograd.grad(loss.sum(), [cap.out, v_leaf])
+        a = cap.a.detach().float() * mask[..., None].float()
+        grads = torch.einsum("bto,btr->bor", g.float(), a)
+        g_prefix = dv.float().transpose(1, 2).reshape(b, c, -1) * pre["scaling"]  # d loss / d lora_B output
+        grads = grads + torch.einsum("bpo,pr->bor", g_prefix, pre["a"])
+        if pre["grad"] is not None:
+            grads = grads + pre["grad"][None] / n_tok.float()[:, None, None]
+        return grads.flatten(1).norm(dim=1).cpu().numpy().astype(np.float32)
+    finally:
+        cap.close()
+
+
 def _batch_norms(model, lora_b: torch.nn.Module, enc: Encoded, rows: np.ndarray, task: str,
-                 yes_no, pad_id: int) -> np.ndarray:
+                 yes_no, pad_id: int, prefix: dict | None = None) -> np.ndarray:
     """Gradient norms of the samples `rows` from one forward and one backward pass (closed form)."""
+    if prefix is not None:
+        return _batch_norms_prefix(model, lora_b, enc, rows, task, yes_no, pad_id, prefix)
     dev = model_device(model)
     ids, mask = pad_right([enc.ids[k] for k in rows], pad_id, dev)
     labels = torch.as_tensor(enc.labels[rows], device=dev) if enc.labels is not None else None
@@ -187,7 +285,7 @@ def _prepare(model, tokenizer, df, task, layer, max_len, lora_seed, lora=None):
 
 def grad_norms(model, tokenizer, df, task: str, layer: int = -1, batch_size: int = 8, max_len: int = 512,
                shard_dir: str | Path | None = None, shard_size: int = 512, *, rank: int = 0,
-               world_size: int = 1, lora_seed: int = 0, lora: dict | None = None,
+               world_size: int = 1, lora_seed: int = 0, lora: dict | None = None, shared_prefix: int = 16,
                progress: bool = True) -> np.ndarray | None:
     """Per-sample gradient norms (N,) float32 w.r.t. LoRA B of v_proj at `layer`; batched closed form.
 
@@ -195,23 +293,29 @@ def grad_norms(model, tokenizer, df, task: str, layer: int = -1, batch_size: int
     (resume); process `rank` of `world_size` fills shards rank, rank + world_size, ...; the full array is
     returned once every shard exists, else None. A plain model is wrapped with LoRA in place (seed lora_seed,
     `lora` = {r, alpha, dropout, target_modules} as in configs/model, default r 8, alpha 16, q_proj + v_proj).
+    When all samples share a token prefix of at least `shared_prefix` tokens (the Alpaca header and the
+    instruction) and the target is the last layer, the prefix is run once and its key/value cache reused
+    (0 = off); the values are the same.
     """
     if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
         raise SignalError(f"rank={rank} is not valid for world_size={world_size}")
     model, enc, yes_no, lora_b, idx = _prepare(model, tokenizer, df, task, layer, max_len, lora_seed, lora)
     n, pad_id = len(enc.ids), pad_id_of(tokenizer)
+    pre = None
 
     def run(rows_list: list[np.ndarray], bar) -> list[np.ndarray]:
         outs = []
         for rows in rows_list:
             res = np.empty(len(rows), dtype=np.float32)
             for b in length_batches([len(enc.ids[k]) for k in rows], batch_size):
-                res[b] = _batch_norms(model, lora_b, enc, rows[b], task, yes_no, pad_id)
+                res[b] = _batch_norms(model, lora_b, enc, rows[b], task, yes_no, pad_id, pre)
                 bar.update(len(b))
             outs.append(res)
         return outs
 
     with _grad_only_for(model, lora_b.weight):
+        if shared_prefix and int(shared_prefix) > 0:
+            pre = _prefix_state(model, lora_b, idx, enc, task, int(shared_prefix))
         if shard_dir is None:
             if world_size != 1:
                 raise SignalError("several processes need a shard_dir to write their shards to")
@@ -220,7 +324,8 @@ def grad_norms(model, tokenizer, df, task: str, layer: int = -1, batch_size: int
         if int(shard_size) < 1:
             raise SignalError(f"shard_size must be at least 1, got {shard_size}")
         key = {"signal": "grad_norm", "version": CACHE_VERSION, "task": task, "layer": idx, "max_len": int(max_len),
-               "inputs": enc.digest(), "n": n, "model": model_fingerprint(model), "shard_size": int(shard_size)}
+               "inputs": enc.digest(), "n": n, "model": model_fingerprint(model), "shard_size": int(shard_size),
+               "shared_prefix": pre["len"] if pre else 0}
         folder = Path(shard_dir) / f"grads-{config_hash(key)}"
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "meta.json").exists():
