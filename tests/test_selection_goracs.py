@@ -86,12 +86,13 @@ def test_poo_equals_lp(n, M, seed):
     assert u.mean() + v.mean() == pytest.approx(val, abs=1e-9)
 
 
+@pytest.mark.parametrize("sparse_k", [0, 3])  # 0: dense searches; 3: sparse arcs + certificate + fallbacks
 @pytest.mark.parametrize("N,M,n,seed", [(40, 13, 5, 0), (60, 30, 7, 1), (50, 20, 20, 2)])
-def test_incremental_exchange_equals_cold_solve(N, M, n, seed):
+def test_incremental_exchange_equals_cold_solve(N, M, n, seed, sparse_k):
     rng = np.random.default_rng(seed)
     C = rng.random((N, M)).astype(np.float32)
     rows = rng.choice(N, n, replace=False)
-    es = ExchangeSolver(C, rows)
+    es = ExchangeSolver(C, rows, sparse_k=sparse_k)
     assert es.value == pytest.approx(poo(C[rows])[0], abs=1e-12)
     for _ in range(25):
         slot = int(rng.integers(n))
@@ -276,7 +277,8 @@ def test_config_keys():
     assert cfg["name"] == "goracs"
     rest = {k: v for k, v in cfg.items() if k not in ("name", "budget")}
     assert set(rest) == {"lam", "max_iters", "cut_num", "mi_estimate", "label_enhanced", "device"}
-    GoracsSelector(**rest)
+    # values may be interpolations resolved by Hydra from the task config; the literal ones must be accepted
+    GoracsSelector(**{k: v for k, v in rest.items() if not (isinstance(v, str) and v.startswith("${"))})
 
 
 def test_selector_bad_input():
@@ -295,3 +297,23 @@ def test_selector_bad_input():
         GoracsSelector(mi_estimate="loose")
     with pytest.raises(SelectionError):
         GoracsSelector(cut_num=0)
+
+
+def test_lazy_outer_ranking_equals_full_rescore():
+    from goracs.selection.itra import _LazyOuter, _outer_scores
+    from goracs.selection.ot import ceil_div, ctransform
+    X, Y, g = _clusters(300, 60, seed=11)
+    C = compute_cost(X, Y, g, 0.5)
+    rows, _ = greedy_init(C, 12)
+    es = ExchangeSolver(C, rows)
+    R = ceil_div(60, 12)
+    lazy = _LazyOuter(C, R, 12)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        f1 = ctransform(C, es.rows, es.u)[0]
+        in_s = np.zeros(300, bool)
+        in_s[es.rows] = True
+        full = np.argsort(_outer_scores(C, f1, R, 12, False, in_s), kind="stable")[:10]
+        np.testing.assert_array_equal(lazy.top(f1, in_s, 10), full)
+        es.try_exchange(int(rng.integers(12)), int(full[0]))
+        es.commit()

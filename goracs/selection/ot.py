@@ -109,7 +109,47 @@ def _heap_pop(hk, hs, hn, size):
 
 
 @nb.njit(cache=True)
-def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats):
+def _sl_add(slist, scnt, j, k):
+    # per-sink list of sources with flow; -1 = overflowed, the sink then scans its whole row of X
+    c = scnt[j]
+    if c < 0:
+        return
+    if c < slist.shape[1]:
+        slist[j, c] = k
+        scnt[j] = c + 1
+    else:
+        scnt[j] = -1
+
+
+@nb.njit(cache=True)
+def _sl_remove(slist, scnt, j, k):
+    c = scnt[j]
+    for t in range(c):
+        if slist[j, t] == k:
+            slist[j, t] = slist[j, c - 1]
+            scnt[j] = c - 1
+            return
+
+
+@nb.njit(cache=True)
+def _sl_rebuild(X, slist, scnt, js):
+    n = X.shape[1]
+    for t in range(js.shape[0]):
+        j = js[t]
+        c = 0
+        for k in range(n):
+            if X[j, k] > 0:
+                if c < slist.shape[1]:
+                    slist[j, c] = k
+                    c += 1
+                else:
+                    c = -1
+                    break
+        scnt[j] = c
+
+
+@nb.njit(cache=True)
+def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp, splen, use_sparse, slist, scnt):
     """Replace source `slot` by train row `o`; route its supply by SSP. Returns (dcost_units, nlog, status)."""
     n = rows.shape[0]
     M = v.shape[0]
@@ -124,17 +164,29 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats):
             deficit[j] = x
             dcost -= float(C[old_row, j]) * x
             X[j, slot] = 0
+            _sl_remove(slist, scnt, j, slot)
     # Sinks left with no inflow may raise their potential to the c-transform over the remaining sources
     # (a better dual, still feasible), which gives each of them a tight arc and shortens the searches.
     for j in range(M):
-        if deficit[j] == n:
+        if deficit[j] > 0:
             best = np.inf
+            bk = -1
             for k in range(n):
                 if k != slot:
                     r = float(C[rows[k], j]) - u[k]
                     if r < best:
                         best = r
-            v[j] = best
+                        bk = k
+            if deficit[j] == n:
+                v[j] = best
+            if use_sparse and splen[slot] < sp.shape[1]:
+                # o -> every short sink keeps them reachable when the cheap arcs form separate clusters
+                sp[slot, splen[slot]] = j
+                splen[slot] += 1
+            if use_sparse and bk >= 0 and splen[bk] < sp.shape[1]:
+                # the new tight arc into this sink must be searchable in the sparse graph
+                sp[bk, splen[bk]] = j
+                splen[bk] += 1
     rows[slot] = o
     best = np.inf
     for j in range(M):
@@ -149,6 +201,7 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats):
     pred = np.empty(V, np.int64)
     settled = np.zeros(V, np.bool_)
     order = np.empty(V, np.int64)
+    targets = np.empty(M, np.int64)
     hk = np.empty(4 * V)
     hs = np.empty(4 * V, np.int64)
     hn = np.empty(4 * V, np.int64)
@@ -164,7 +217,8 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats):
         hk, hs, hn, size = _heap_push(hk, hs, hn, size, 0.0, seq, slot)
         seq += 1
         nset = 0
-        target = -1
+        ntar = 0
+        cum = 0
         D = 0.0
         while size > 0:
             key, _s, node, size = _heap_pop(hk, hs, hn, size)
@@ -180,12 +234,20 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats):
             if node >= n:
                 j = node - n
                 if deficit[j] > 0:
-                    target = j
+                    # Keep searching until the short sinks found so far can absorb all the remaining supply:
+                    # one search then feeds several augmentations (primal-dual), instead of one each.
+                    targets[ntar] = j
+                    ntar += 1
+                    cum += deficit[j]
                     D = key
-                    break
+                    if cum >= remaining:
+                        break
                 # backward arcs j -> k (cancel flow k -> j), reduced cost u_k + v_j - C_kj (0 in theory)
                 vj = v[j]
-                for k in range(n):
+                dense = scnt[j] < 0
+                cnt = n if dense else scnt[j]
+                for t in range(cnt):
+                    k = t if dense else slist[j, t]
                     if X[j, k] > 0 and not settled[k]:
                         rc = u[k] + vj - float(C[rows[k], j])
                         if rc < _SNAP:
@@ -200,7 +262,9 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats):
                 k = node
                 rk = rows[k]
                 uk = u[k]
-                for j in range(M):
+                cnt = splen[k] if use_sparse else M
+                for t in range(cnt):
+                    j = sp[k, t] if use_sparse else t
                     a = n + j
                     if not settled[a]:
                         rc = float(C[rk, j]) - uk - v[j]
@@ -214,9 +278,10 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats):
                             seq += 1
         stats[0] += 1
         stats[3] += seq
-        if target < 0:
+        if ntar == 0:
             return dcost, nlog, 2  # cannot happen on a complete bipartite graph
-        # Johnson update on settled nodes keeps every reduced cost >= 0 and makes the path tight.
+        # Johnson update with the last target's distance D: every reduced cost stays >= 0 and every
+        # shortest-path-tree path to a target becomes tight, so each can be augmented in turn.
         for t in range(nset):
             a = order[t]
             delta = D - dist[a]
@@ -225,51 +290,118 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats):
                     u[a] += delta
                 else:
                     v[a - n] -= delta
-        # Bottleneck along the path sink(target) <- source <- sink <- ... <- source(slot).
-        amount = remaining
-        if deficit[target] < amount:
-            amount = deficit[target]
-        a = n + target
-        while True:
-            k = pred[a]
-            if k == slot and a >= n and pred[k] == -1:
+        for tt in range(ntar):
+            if remaining == 0:
                 break
-            jb = pred[k]  # sink from which we cancel flow of k
-            if jb < 0:
-                break
-            x = X[jb - n, k]
-            if x < amount:
-                amount = x
-            a = jb
-        # Augment.
-        a = n + target
-        while True:
-            k = pred[a]
-            j = a - n
-            if nlog >= cap:
-                return dcost, nlog, 1
-            log_j[nlog] = j
-            log_k[nlog] = k
-            log_old[nlog] = X[j, k]
-            nlog += 1
-            X[j, k] += amount
-            dcost += float(C[rows[k], j]) * amount
-            jb = pred[k]
-            if jb < 0:
-                break
-            j2 = jb - n
-            if nlog >= cap:
-                return dcost, nlog, 1
-            log_j[nlog] = j2
-            log_k[nlog] = k
-            log_old[nlog] = X[j2, k]
-            nlog += 1
-            X[j2, k] -= amount
-            dcost -= float(C[rows[k], j2]) * amount
-            a = jb
-        remaining -= amount
-        deficit[target] -= amount
+            target = targets[tt]
+            # Bottleneck along sink(target) <- source <- sink <- ... <- source(slot); earlier augmentations
+            # of this round may have emptied a backward arc, then this path is skipped.
+            amount = remaining
+            if deficit[target] < amount:
+                amount = deficit[target]
+            a = n + target
+            while True:
+                k = pred[a]
+                jb = pred[k]  # sink from which we cancel flow of k (-1 at the root)
+                if jb < 0:
+                    break
+                x = X[jb - n, k]
+                if x < amount:
+                    amount = x
+                a = jb
+            if amount <= 0:
+                continue
+            a = n + target
+            while True:
+                k = pred[a]
+                j = a - n
+                if nlog + 2 > cap:
+                    return dcost, nlog, 1
+                log_j[nlog] = j
+                log_k[nlog] = k
+                log_old[nlog] = X[j, k]
+                nlog += 1
+                if X[j, k] == 0:
+                    _sl_add(slist, scnt, j, k)
+                X[j, k] += amount
+                dcost += float(C[rows[k], j]) * amount
+                jb = pred[k]
+                if jb < 0:
+                    break
+                j2 = jb - n
+                log_j[nlog] = j2
+                log_k[nlog] = k
+                log_old[nlog] = X[j2, k]
+                nlog += 1
+                X[j2, k] -= amount
+                if X[j2, k] == 0:
+                    _sl_remove(slist, scnt, j2, k)
+                dcost -= float(C[rows[k], j2]) * amount
+                a = jb
+            remaining -= amount
+            deficit[target] -= amount
     return dcost, nlog, 0
+
+
+@nb.njit(cache=True)
+def _min_reduced_cost(C, rows, u, v, tol, sp, splen):
+    """Certificate: smallest reduced cost over all n*M arcs. Each source's most violated arc (< -tol) is
+    appended to its sparse list (when there is room) so that a retry can use it."""
+    n = rows.shape[0]
+    M = v.shape[0]
+    best = np.inf
+    for k in range(n):
+        r = rows[k]
+        uk = u[k]
+        bk = np.inf
+        bj = -1
+        for j in range(M):
+            rc = float(C[r, j]) - uk - v[j]
+            if rc < bk:
+                bk = rc
+                bj = j
+        if bk < best:
+            best = bk
+        if bk < -tol and splen[k] < sp.shape[1]:
+            sp[k, splen[k]] = bj
+            splen[k] += 1
+    return best
+
+
+@nb.njit(cache=True)
+def _sparse_lists(C, rows, v, X, K, extra):
+    """Per source: its K smallest-reduced-cost sinks plus its flow arcs, with `extra` free slots."""
+    n = rows.shape[0]
+    M = v.shape[0]
+    deg = np.zeros(n, np.int64)
+    for j in range(M):
+        for k in range(n):
+            if X[j, k] > 0:
+                deg[k] += 1
+    W = K + deg.max() + extra
+    sp = np.full((n, W), -1, np.int64)
+    splen = np.zeros(n, np.int64)
+    mark = np.zeros(M, np.bool_)
+    d = np.empty(M)
+    for k in range(n):
+        r = rows[k]
+        for j in range(M):
+            d[j] = float(C[r, j]) - v[j]
+        thr = np.partition(d, K - 1)[K - 1] if K < M else np.inf
+        m = 0
+        for j in range(M):
+            if d[j] <= thr and m < K:
+                sp[k, m] = j
+                mark[j] = True
+                m += 1
+        for j in range(M):
+            if X[j, k] > 0 and not mark[j]:
+                sp[k, m] = j
+                m += 1
+        for t in range(m):
+            mark[sp[k, t]] = False
+        splen[k] = m
+    return sp, splen
 
 
 @nb.njit(cache=True)
@@ -322,9 +454,15 @@ def ctransform(C, rows, u):
 
 
 class ExchangeSolver:
-    """Exact optimal plan and duals for the selected rows; exchanges re-solved incrementally by SSP."""
+    """Exact optimal plan and duals for the selected rows; exchanges re-solved incrementally by SSP.
 
-    def __init__(self, C: np.ndarray, rows: np.ndarray):
+    With sparse_k > 0 the shortest-path searches use, per source, only its sparse_k cheapest arcs in reduced
+    cost (refreshed after each accepted exchange) plus its flow arcs; the result is then certified on all n*M
+    arcs (every reduced cost >= -1e-12 makes plan and duals optimal for the full problem). A candidate that
+    fails the certificate is rolled back and re-solved on the dense graph, so the answer is always exact.
+    """
+
+    def __init__(self, C: np.ndarray, rows: np.ndarray, sparse_k: int = 96):
         self.C = C
         self.rows = np.asarray(rows, dtype=np.int64).copy()
         n, M = len(self.rows), C.shape[1]
@@ -338,42 +476,106 @@ class ExchangeSolver:
         # Network-simplex plans are integral in units of 1/(nM); anything else means a solver problem.
         if np.abs(X - G.T * (float(n) * M)).max() > 1e-3:
             raise RuntimeError("POT plan is not integral in units of 1/(n*M)")
+        del G
         dtype = np.int32 if max(n, M) < 2**31 else np.int64
         self.X = np.ascontiguousarray(X.astype(dtype))
+        del X
         if not (self.X.sum(0) == M).all() or not (self.X.sum(1) == n).all():
             raise RuntimeError("rounded plan violates the marginals")
         self.u, self.v = u.copy(), v.copy()
         self.units = float(n) * M
         self.total = float(_flow_cost(C, self.rows, self.X))
         self._pending = None
-        self.stats = np.zeros(4, np.int64)  # Dijkstra runs, settled sources, settled sinks, heap pushes
+        self.slist = np.zeros((M, 8), np.int64)
+        self.scnt = np.zeros(M, np.int64)
+        _sl_rebuild(self.X, self.slist, self.scnt, np.arange(M, dtype=np.int64))
+        # Dijkstra runs, settled sources, settled sinks, heap pushes, sparse tries, dense fallbacks
+        self.stats = np.zeros(6, np.int64)
         self._log = (np.empty(1 << 16, np.int64), np.empty(1 << 16, np.int64), np.empty(1 << 16, self.X.dtype))
+        self.sparse_k = int(min(sparse_k, M)) if sparse_k and sparse_k < M else 0
+        self._sp = None
+        self._commits_since_refresh = 0
+        self._dummy = (np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
 
     @property
     def value(self) -> float:
         """Current POO."""
         return self.total / self.units
 
+    def _refresh_sparse(self):
+        self._sp = _sparse_lists(self.C, self.rows, self.v, self.X, self.sparse_k, 256)
+        self._commits_since_refresh = 0
+
+    def _run(self, slot, o, sp, splen, use_sparse, saved):
+        while True:
+            lj, lk, lo = self._log
+            dcost, nlog, status = _exchange_kernel(self.C, self.rows, self.u, self.v, self.X, int(slot), int(o),
+                                                   lj, lk, lo, self.stats, sp, splen, use_sparse, self.slist,
+                                                   self.scnt)
+            if status == 0:
+                return dcost, nlog, True
+            self._restore(slot, saved, nlog)
+            if status == 2:
+                if use_sparse:
+                    return 0.0, 0, False  # a short sink is unreachable in the sparse graph
+                raise RuntimeError("SSP found no augmenting path (internal error)")
+            # Undo-log overflow: grow the log, redo.
+            self._log = tuple(np.empty(2 * len(a), a.dtype) for a in self._log)
+
+    def _restore(self, slot, saved, nlog):
+        lj, lk, lo = self._log
+        _undo(self.X, lj, lk, lo, nlog)
+        self.u[:], self.v[:] = saved[0], saved[1]
+        self.rows[slot] = saved[2]
+        self.X[:, slot] = saved[3]
+        touched = np.unique(np.concatenate([lj[:nlog], np.flatnonzero(saved[3])]))
+        _sl_rebuild(self.X, self.slist, self.scnt, touched.astype(np.int64))
+
     def try_exchange(self, slot: int, o: int) -> float:
         """Apply the exchange rows[slot] -> o exactly; return the new POO. Call commit() or rollback() next."""
         if self._pending is not None:
             raise RuntimeError("commit() or rollback() the previous exchange first")
         saved = (self.u.copy(), self.v.copy(), int(self.rows[slot]), self.X[:, slot].copy())
-        while True:
-            lj, lk, lo = self._log
-            dcost, nlog, status = _exchange_kernel(self.C, self.rows, self.u, self.v, self.X, int(slot), int(o),
-                                                   lj, lk, lo, self.stats)
-            if status == 0:
-                break
-            # Undo-log overflow: restore, grow the log, redo.
-            _undo(self.X, lj, lk, lo, nlog)
-            self.u[:], self.v[:] = saved[0], saved[1]
-            self.rows[slot] = saved[2]
-            self.X[:, slot] = saved[3]
-            if status == 2:
-                raise RuntimeError("SSP found no augmenting path (internal error)")
-            self._log = tuple(np.empty(2 * len(a), a.dtype) for a in self._log)
-        self._pending = (slot, saved, nlog, self.total)
+        ok = False
+        saved_sp = None
+        if self.sparse_k:
+            if self._sp is None or self._commits_since_refresh >= 25:
+                self._refresh_sparse()
+            sp, splen = self._sp
+            # the incoming row gets its own cheapest arcs in the slot it takes over
+            saved_sp = (sp[slot].copy(), int(splen[slot]))
+            d = self.C[o].astype(np.float64) - self.v
+            best = np.argpartition(d, self.sparse_k - 1)[:self.sparse_k]
+            sp[slot, :] = -1
+            sp[slot, :len(best)] = best
+            splen[slot] = len(best)
+            refreshed = False
+            for _attempt in range(6):
+                self.stats[4] += 1
+                dcost, nlog, ok = self._run(slot, o, sp, splen, True, saved)
+                if not ok:
+                    if refreshed:
+                        break
+                    # a short sink was unreachable (lists full or stale): rebuild the lists once and retry
+                    self._refresh_sparse()
+                    sp, splen = self._sp
+                    saved_sp = (sp[slot].copy(), int(splen[slot]))
+                    sp[slot, :] = -1
+                    sp[slot, :len(best)] = best
+                    splen[slot] = len(best)
+                    refreshed = True
+                    continue
+                if _min_reduced_cost(self.C, self.rows, self.u, self.v, 1e-12, sp, splen) >= -1e-12:
+                    break
+                # not certified on the full arc set: the violated arcs were added to the lists; retry
+                self._restore(slot, saved, nlog)
+                ok = False
+        if not ok:
+            if self.sparse_k:
+                self.stats[5] += 1
+            dcost, nlog, _ = self._run(slot, o, self._dummy[0], self._dummy[1], False, saved)
+        self._dense_used = not ok
+        self._pending = (slot, saved, nlog, self.total, saved_sp)
         self.total = self.total + dcost
         return self.value
 
@@ -381,15 +583,20 @@ class ExchangeSolver:
         """Keep the last exchange; re-sum the plan cost to avoid drift."""
         self._pending = None
         self.total = float(_flow_cost(self.C, self.rows, self.X))
+        # The lists stay a good guess for a while (the certificate keeps every answer exact); rebuilt every 25
+        # commits, and after a dense re-solve, whose new flow arcs the lists do not hold.
+        self._commits_since_refresh += 1
+        if self._dense_used:
+            self._sp = None
 
     def rollback(self) -> None:
         """Undo the last exchange."""
-        slot, saved, nlog, total = self._pending
-        lj, lk, lo = self._log
-        _undo(self.X, lj, lk, lo, nlog)
-        self.u[:], self.v[:] = saved[0], saved[1]
-        self.rows[slot] = saved[2]
-        self.X[:, slot] = saved[3]
+        slot, saved, nlog, total, saved_sp = self._pending
+        self._restore(slot, saved, nlog)
+        if saved_sp is not None:
+            sp, splen = self._sp
+            sp[slot] = saved_sp[0]
+            splen[slot] = saved_sp[1]
         self.total = total
         self._pending = None
 
@@ -404,3 +611,4 @@ def ceil_div(a: int, b: int) -> int:
 
 
 __all__ = ["poo", "ExchangeSolver", "ctransform", "ceil_div"]
+
