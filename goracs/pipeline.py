@@ -257,16 +257,23 @@ def run_select(cfg: DictConfig, p: dict[str, Any]) -> dict[str, Any]:
 
 def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=None) -> dict[str, Any]:
     """LoRA fine-tuning on the coreset; the adapter is cached by the selection, model and training settings."""
+    from peft import PeftModel
+
     from goracs.train import train_lora
 
     key = {"select": sel["path"].name, "model": model_key(cfg), "train": as_dict(cfg.train)}
     cache = stage_cache(cfg)
     out = cache.path("train", key)
-    coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
     model, tok = base_model(cfg, fresh=True)
-    model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, as_dict(cfg.train), out,
-                               logger=logger)
-    if not cache.done("train", key):
+    if cache.done("train", key):
+        model = PeftModel.from_pretrained(model, str(out / "adapter"), is_trainable=False)
+        report = {**json.loads((out / "train_report.json").read_text()), "cached": True}
+    else:
+        coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
+        # train_lora resumes a finished run in `out` itself and writes its adapter atomically; the marker
+        # below says the whole stage finished
+        model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, as_dict(cfg.train), out,
+                                   logger=logger)
         write_json(out / "key.json", key)
         (out / "_DONE").touch()
     return {"key": key, "path": out, "model": model, "tokenizer": tok, "report": report}
@@ -296,6 +303,14 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any]) ->
 
 
 SCALAR_METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "auc", "logloss", "accuracy")
+
+
+def trajectories(report: dict[str, Any]) -> dict[str, list[float]]:
+    """POO after each accepted exchange: one trajectory, or one per class for label-enhanced ITRA."""
+    if report.get("poo_trajectory"):
+        return {"all": list(report["poo_trajectory"])}
+    return {f"class {c}": list(r["poo_trajectory"]) for c, r in (report.get("per_class") or {}).items()
+            if r.get("poo_trajectory")}
 
 
 def run_logger(cfg: DictConfig, out_dir: Path, job_type: str):
@@ -346,8 +361,9 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     with run_logger(cfg, out_dir, "pipeline") as logger:
         sel = run_select(cfg, p)
         logger.log_coreset(sel["indices"])
-        if sel["report"].get("poo_trajectory"):
-            logger.log_trajectory(sel["report"]["poo_trajectory"])
+        traj = trajectories(sel["report"])
+        for name, values in traj.items():
+            logger.log_trajectory(values, name="poo" if name == "all" else f"poo_{name.replace(' ', '')}")
         trained = run_train(cfg, p, sel, logger=logger)
         metrics = run_evaluate(cfg, p, trained)
         scalars = {k.lower(): float(metrics[k]) for k in metrics if k.lower() in SCALAR_METRICS}
@@ -360,7 +376,7 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                   "wall_seconds": time.perf_counter() - t0,
                   "train_report": {k: v for k, v in trained["report"].items() if not isinstance(v, (list, dict))},
                   "selection_report": {k: v for k, v in sel["report"].items() if not isinstance(v, (list, dict))},
-                  "poo_trajectory": sel["report"].get("poo_trajectory"),
+                  "poo_trajectories": traj,
                   "coreset": str(sel["path"] / "indices.npy"), "config": as_dict(cfg)}
         logger.log_metrics(scalars, summary=True)
         logger.log_table("result", _one_row(result))
@@ -471,8 +487,10 @@ def run_aggregate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     traj = {}
     for path in sorted((root / f"table_{prof}").rglob("metrics.json")):
         m = json.loads(path.read_text())
-        if m.get("poo_trajectory") and m.get("seed", 0) == 0:
-            traj[f"{m['dataset']}/{m['task']} n={m['budget']}"] = m["poo_trajectory"]
+        if m.get("poo_trajectories") and m.get("seed", 0) == 0:
+            for name, values in m["poo_trajectories"].items():
+                label = f"{m['dataset']}/{m['task']} n={m['budget']}" + ("" if name == "all" else f" {name}")
+                traj[label] = values
     if traj:
         made.append(plots.poo_descent(traj, figs / "poo_descent.png"))
     print("\n".join(f"wrote {p}" for p in made))

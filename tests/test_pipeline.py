@@ -1,0 +1,91 @@
+"""The whole pipeline on the tiny model: both tasks end to end, stage caching across a re-run and a lambda change,
+and skipping a finished job."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import goracs.evaluate.ctr
+import goracs.signals.embed
+import goracs.signals.grads
+import goracs.train
+from goracs.__main__ import CONFIG_DIR
+from goracs.pipeline import run_all
+
+SMALL = ["model=tiny", "train=tiny", "train.epochs=2", "train.resume=false", "logger=none", "progress=false",
+         "dataset.synthetic.n_users=200", "dataset.synthetic.n_items=160", "task.max_history=3",
+         "task.pool.max_train=40", "task.pool.max_test=12", "task.budget=8", "task.itra.max_iters=5",
+         "task.itra.cut_num=4", "eval.max_new_tokens=6", "signals.grad_batch_size=8"]
+
+
+def config(tmp_path, *extra):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=["stage=all", f"paths.root_dir={tmp_path}", *SMALL, *extra])
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Count the expensive stage functions (still running the real ones)."""
+    counts = {}
+
+    def spy(mod, name):
+        real = getattr(mod, name)
+
+        def wrapped(*a, **k):
+            counts[name] = counts.get(name, 0) + 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(mod, name, wrapped)
+
+    spy(goracs.signals.grads, "grad_norms")
+    spy(goracs.signals.embed, "load_encoder")  # called only when some embedding is not cached
+    spy(goracs.train, "train_lora")
+    spy(goracs.evaluate.ctr, "evaluate_ctr")
+    return counts
+
+
+def test_ctr_end_to_end_and_cache_reuse(tmp_path, calls):
+    cfg = config(tmp_path, "task=ctr", "selector=goracs")
+    first = run_all(cfg, tmp_path / "run1")
+    assert 0.0 <= first["auc"] <= 1.0 and first["logloss"] > 0
+    assert first["budget"] == 8 and first["selector"] == "goracs" and first["lam"] == 0.5
+    # label-enhanced ITRA: one POO trajectory per class, each descending
+    assert set(first["poo_trajectories"]) == {"class 0", "class 1"}
+    for traj in first["poo_trajectories"].values():
+        assert all(b < a for a, b in zip(traj, traj[1:]))
+    assert json.loads((tmp_path / "run1" / "metrics.json").read_text())["auc"] == first["auc"]
+    assert calls["grad_norms"] == 1 and calls["train_lora"] == 1 and calls["evaluate_ctr"] == 1
+    assert calls["load_encoder"] >= 1
+    before = dict(calls)
+
+    # the same job in a new run folder: every stage comes from the cache
+    second = run_all(cfg, tmp_path / "run2")
+    assert calls == before
+    assert second["auc"] == first["auc"] and second["poo"] == first["poo"]
+
+    # the same run folder again: the finished job is skipped outright
+    third = run_all(cfg, tmp_path / "run1")
+    assert third["wall_seconds"] == first["wall_seconds"]
+
+    # a lambda change recomputes selection and what follows, never the signals
+    other = run_all(config(tmp_path, "task=ctr", "selector=goracs", "selector.lam=0"), tmp_path / "run3")
+    assert calls["grad_norms"] == 1 and calls["load_encoder"] == before["load_encoder"]
+    assert calls["train_lora"] == 2 and calls["evaluate_ctr"] == 2
+    assert other["lam"] == 0.0
+
+
+def test_seqrec_end_to_end_random(tmp_path):
+    res = run_all(config(tmp_path, "task=seqrec", "selector=random"), tmp_path / "run")
+    for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10"):
+        assert 0.0 <= res[k] <= 1.0
+    assert res["hr@5"] <= res["hr@10"] and res["ndcg@5"] <= res["ndcg@10"]
+    assert res["n_test"] == 12 and res["n_train_pool"] == 40
+    info = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert info["config"]["selector"]["name"] == "random"
+
+
+def test_seqrec_only_selector_skips_ctr(tmp_path):
+    assert run_all(config(tmp_path, "task=ctr", "selector=dealrec"), tmp_path / "run") == {}
