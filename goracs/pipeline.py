@@ -361,10 +361,10 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     with run_logger(cfg, out_dir, "pipeline") as logger:
         sel = run_select(cfg, p)
         logger.log_coreset(sel["indices"])
+        trained = run_train(cfg, p, sel, logger=logger)  # logs with explicit steps from 0: before anything else
         traj = trajectories(sel["report"])
         for name, values in traj.items():
             logger.log_trajectory(values, name="poo" if name == "all" else f"poo_{name.replace(' ', '')}")
-        trained = run_train(cfg, p, sel, logger=logger)
         metrics = run_evaluate(cfg, p, trained)
         scalars = {k.lower(): float(metrics[k]) for k in metrics if k.lower() in SCALAR_METRICS}
         if cfg.get("proxy_check", True):
