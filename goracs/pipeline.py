@@ -159,7 +159,7 @@ def compute_grad_norms(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
         norms = grad_norms(model, tok, p["train"], cfg.task.name, layer=int(s.grad_layer),
                            batch_size=int(s.grad_batch_size), max_len=int(s.max_len),
                            shard_dir=out.with_name(out.name + ".shards"), shard_size=int(s.grad_shard_size),
-                           lora_seed=int(s.lora_seed), progress=bool(cfg.progress))
+                           lora_seed=int(s.lora_seed), lora=as_dict(cfg.model.lora), progress=bool(cfg.progress))
         with cache.build("grads", key) as tmp:
             save_npy(tmp / "grad_norms.npy", np.asarray(norms, dtype=np.float32))
     return np.load(out / "grad_norms.npy")
