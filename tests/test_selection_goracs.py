@@ -87,7 +87,7 @@ def test_poo_equals_lp(n, M, seed):
 
 
 @pytest.mark.parametrize("sparse_k", [0, 3])  # 0: dense searches; 3: sparse arcs + certificate + fallbacks
-@pytest.mark.parametrize("N,M,n,seed", [(40, 13, 5, 0), (60, 30, 7, 1), (50, 20, 20, 2)])
+@pytest.mark.parametrize("N,M,n,seed", [(40, 13, 5, 0), (60, 30, 7, 1), (50, 20, 20, 2), (30, 9, 1, 4)])
 def test_incremental_exchange_equals_cold_solve(N, M, n, seed, sparse_k):
     rng = np.random.default_rng(seed)
     C = rng.random((N, M)).astype(np.float32)

@@ -177,7 +177,7 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
                     if r < best:
                         best = r
                         bk = k
-            if deficit[j] == n:
+            if deficit[j] == n and bk >= 0:  # (with n = 1 there is no other source to raise against)
                 v[j] = best
             if use_sparse and splen[slot] < sp.shape[1]:
                 # o -> every short sink keeps them reachable when the cheap arcs form separate clusters
