@@ -13,14 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from goracs.cache import StageCache
 from goracs.data.prepare import PreparedData, prepare
+from goracs.evaluate.common import resolve_device
+from goracs.evaluate.common import to_dict as as_dict
 from goracs.io import save_npy, write_json, write_text
 
 log = logging.getLogger(__name__)
-
-
-def as_dict(node) -> dict[str, Any]:
-    """A resolved plain-dict copy of a config node."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
 def stage_cache(cfg: DictConfig) -> StageCache:
@@ -112,12 +109,7 @@ def base_model(cfg: DictConfig, fresh: bool = False):
 
 
 def _device(cfg: DictConfig) -> str:
-    dev = str(cfg.get("device", "cpu"))
-    if dev == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return dev
+    return str(resolve_device(cfg.get("device", "cpu")))
 
 
 def model_key(cfg: DictConfig) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from goracs.evaluate.common import model_device  # noqa: F401  (re-exported for the signal modules)
 from goracs.prompts import render_prompt
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,6 @@ def pad_id_of(tokenizer) -> int:
     """The padding id (eos when the tokenizer has no pad token); its value never matters (right padding)."""
     pid = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return int(pid) if pid is not None else 0
-
-
-def model_device(model) -> torch.device:
-    """The device of the model's first parameter."""
-    return next(model.parameters()).device
 
 
 def length_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
