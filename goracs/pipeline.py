@@ -253,7 +253,9 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
 
     from goracs.train import train_lora
 
-    key = {"select": sel["path"].name, "model": model_key(cfg), "train": as_dict(cfg.train)}
+    # the run's seed seeds fine-tuning too, so seeds vary the whole pipeline, not only the selection
+    tcfg = {**as_dict(cfg.train), "seed": int(cfg.seed)}
+    key = {"select": sel["path"].name, "model": model_key(cfg), "train": tcfg}
     cache = stage_cache(cfg)
     out = cache.path("train", key)
     model, tok = base_model(cfg, fresh=True)
@@ -264,8 +266,7 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
         coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
         # train_lora resumes a finished run in `out` itself and writes its adapter atomically; the marker
         # below says the whole stage finished
-        model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, as_dict(cfg.train), out,
-                                   logger=logger)
+        model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, tcfg, out, logger=logger)
         write_json(out / "key.json", key)
         (out / "_DONE").touch()
     return {"key": key, "path": out, "model": model, "tokenizer": tok, "report": report}
