@@ -317,3 +317,46 @@ def test_lazy_outer_ranking_equals_full_rescore():
         np.testing.assert_array_equal(lazy.top(f1, in_s, 10), full)
         es.try_exchange(int(rng.integers(12)), int(full[0]))
         es.commit()
+
+
+def test_fused_tight_row_equals_reference_formula():
+    from goracs.selection.itra import _mi_from_d, _mi_tight_row
+    from goracs.selection.ot import ctransform
+    rng = np.random.default_rng(12)
+    C = rng.random((30, 23)).astype(np.float32)
+    C[5, :7] = C[5, 0]  # ties among the smallest entries
+    rows = np.arange(4)
+    f1, f2, arg, cnt = ctransform(C, rows, rng.normal(size=4) * 0.1)
+    dummy = np.zeros(1, np.int64)
+    for R, n in [(1, 23), (3, 8), (6, 4), (23, 1)]:
+        for o in range(30):
+            d = C[o].astype(np.float64) - f1
+            assert _mi_tight_row(C, o, f1, f1, dummy, dummy, -1, R, n) == pytest.approx(_mi_from_d(d, R, n, False),
+                                                                                         abs=1e-14)
+        for k in range(4):  # leave-one-out form against an explicit f without slot k
+            fl = np.where((arg == k) & (cnt == 1), f2, f1)
+            d = C[rows[k]].astype(np.float64) - fl
+            got = _mi_tight_row(C, int(rows[k]), f1, f2, arg, cnt, k, R, n)
+            assert got == pytest.approx(_mi_from_d(d, R, n, False), abs=1e-14)
+
+
+def test_shift_slack_bounds_the_drop_of_every_outer_score():
+    from goracs.selection.itra import _outer_scores, _shift_slack
+    rng = np.random.default_rng(13)
+    C = rng.random((200, 40)).astype(np.float32)
+    skip = np.zeros(200, bool)
+    n, R = 7, 6
+    f = rng.normal(size=40) * 0.2
+    F0 = _outer_scores(C, f, R, n, False, skip)
+    for trial in range(20):
+        # a common drift plus local moves, as the duals do between rounds
+        f2 = f + rng.normal() + (rng.random(40) < 0.2) * rng.normal(size=40) * 0.3
+        F1 = _outer_scores(C, f2, R, n, False, skip)
+        slack = _shift_slack(f2 - f, n)
+        assert (F1 >= F0 - slack - 1e-12).all()
+        # and it is never looser than the plain bound mean_j max(f2 - f, 0)
+        assert slack <= np.maximum(f2 - f, 0).mean() + 2e-12
+    # a pure shift moves every score by exactly -3/n (y shifts with f): the bound is tight there
+    assert _shift_slack(np.full(40, 3.0), n) == pytest.approx(3.0 / n, abs=1e-9)
+    F3 = _outer_scores(C, f + 3.0, R, n, False, skip)
+    np.testing.assert_allclose(F3, F0 - 3.0 / n, atol=1e-12)

@@ -273,12 +273,44 @@ def _mi_from_d(d, R, n, largest):
 
 
 @nb.njit(cache=True)
+def _mi_tight_row(C, o, f, fl2, arg, cnt, k, R, n):
+    """Tight F for row o of C against f (or, with k >= 0, against f leaving slot k out), in one pass."""
+    # Fused: no d array and no running total (the tight value needs only the R smallest d), so the scan is
+    # one subtraction and one rarely-taken compare per column.
+    M = f.shape[0]
+    buf = np.full(R, np.inf)
+    last = np.inf
+    for j in range(M):
+        fj = fl2[j] if (k >= 0 and arg[j] == k and cnt[j] == 1) else f[j]
+        x = float(C[o, j]) - fj
+        if x < last:
+            p = R - 1
+            while p > 0 and buf[p - 1] > x:
+                buf[p] = buf[p - 1]
+                p -= 1
+            buf[p] = x
+            last = buf[R - 1]
+    y = buf[R - 1]
+    s = 0.0
+    for t in range(R):
+        e = buf[t] - y
+        if e < 0.0:
+            s += e
+    return y / n + s / M
+
+
+@nb.njit(cache=True)
 def _outer_scores(C, f, R, n, largest, skip):
     N, M = C.shape
     out = np.full(N, np.inf)
     d = np.empty(M)
+    fast = not largest and R <= 32
+    dummy = np.zeros(1, np.int64)
     for o in range(N):
         if skip[o]:
+            continue
+        if fast:
+            out[o] = _mi_tight_row(C, o, f, f, dummy, dummy, -1, R, n)
             continue
         for j in range(M):
             d[j] = float(C[o, j]) - f[j]
@@ -291,69 +323,110 @@ def _outer_scores_subset(C, f, R, n, largest, cand):
     M = C.shape[1]
     out = np.empty(cand.shape[0])
     d = np.empty(M)
+    fast = not largest and R <= 32
+    dummy = np.zeros(1, np.int64)
     for t in range(cand.shape[0]):
         o = cand[t]
+        if fast:
+            out[t] = _mi_tight_row(C, o, f, f, dummy, dummy, -1, R, n)
+            continue
         for j in range(M):
             d[j] = float(C[o, j]) - f[j]
         out[t] = _mi_from_d(d, R, n, largest)
     return out
 
 
+def _shift_slack(delta: np.ndarray, n: int) -> float:
+    """min over c of mean_j max(delta_j + c, 0) - c/n: how far any F_o can drop when f moves by delta."""
+    # F(f + c) = F(f) - c/n (y shifts with f), so F(f') >= F(f) - mean_j max(f'_j + c - f_j, 0) + c/n for
+    # every c; the best c removes the common drift of the duals and leaves the local change. The function is
+    # convex and piecewise linear with kinks at c = -delta_j; its minimum sits where about M/n terms are positive.
+    M = delta.shape[0]
+    R = ceil_div(M, n)
+    ks = sorted({max(1, min(M, k)) for k in (R - 1, R, R + 1)})
+    top = -np.sort(-np.partition(delta, M - ks[-1])[M - ks[-1]:])  # the ks[-1] largest, descending
+    best = float(np.maximum(delta, 0.0).mean())  # c = 0: the plain bound
+    for k in ks:
+        c = -float(top[k - 1])
+        best = min(best, float(np.maximum(delta + c, 0.0).mean()) - c / n)
+    return best + 1e-12  # margin for float rounding in the scores
+
+
 class _LazyOuter:
     """Exact top-k of the tight outer estimate without re-scoring every row each round.
 
-    F_o is a max over y of G(y; f) = y/n + mean_j min(C_oj - y - f_j, 0), and G drops by at most
-    mean_j max(f_j - f'_j, 0) when f' becomes f; so old scores minus that amount are lower bounds, and rows
-    are re-scored in increasing bound order until the bound exceeds the k-th best exact score. The top k and
-    their order (value, then row index) are the same as with a full re-score.
+    F_o is a max over y of G(y; f) = y/n + mean_j min(C_oj - y - f_j, 0), and F drops by at most
+    _shift_slack(f - f_old) when f_old becomes f; so a score taken at f_old minus that amount is a lower bound,
+    and rows are re-scored in increasing bound order until the bound exceeds the k-th best exact score. Each
+    row remembers the round (epoch) of its last score, so a row re-scored recently gets the small slack of the
+    recent change, not the slack accumulated since the last full score. The top k and their order (value,
+    then row index) are the same as with a full re-score.
     """
+
+    MAX_EPOCHS = 64
 
     def __init__(self, C, R, n):
         self.C, self.R, self.n = C, R, n
-        self.base_f = None
+        self.scores = None
         self.full = 0
         self.partial_rows = 0
+
+    def _full(self, f, in_s, k):
+        self.scores = _outer_scores(self.C, f, self.R, self.n, False, in_s)
+        self.epoch = np.zeros(self.C.shape[0], np.int32)
+        self.fs = [f.copy()]
+        self.full += 1
+        return np.argsort(self.scores, kind="stable")[:k]
 
     def top(self, f, in_s, k):
         C = self.C
         N = C.shape[0]
-        if self.base_f is None:
-            self.scores = _outer_scores(C, f, self.R, self.n, False, in_s)
-            self.base_f = f.copy()
-            self.full += 1
-            sc = self.scores
-        else:
-            delta = float(np.maximum(f - self.base_f, 0.0).mean())
-            lb = self.scores - delta
-            lb[in_s] = np.inf
-            # rows that were in S at the last full score have no old score: always re-score them
-            lb[np.isinf(self.scores) & ~in_s] = -np.inf
-            order = np.argsort(lb, kind="stable")
-            cand_rows, cand_sc = [], []
-            tau = np.inf
-            pos = 0
-            step = max(64, 2 * k)
-            while pos < N:
-                b = lb[order[pos]]
-                if b > tau or b == np.inf:  # no remaining row can enter the top k (or all are in S)
+        if self.scores is None or len(self.fs) >= self.MAX_EPOCHS:
+            return self._full(f, in_s, k)
+        slack = np.array([_shift_slack(f - fe, self.n) for fe in self.fs])
+        lb = self.scores - slack[self.epoch]
+        lb[in_s] = np.inf
+        # rows that were in S when last scored have no score: always re-score them
+        lb[np.isinf(self.scores) & ~in_s] = -np.inf
+        m = min(N, 4096)
+        order = np.argpartition(lb, m - 1)[:m] if m < N else np.arange(N)
+        order = order[np.lexsort((order, lb[order]))]  # the m smallest bounds, in order
+        cand_rows, cand_sc = [], []
+        tau = np.inf
+        pos = 0
+        step = max(64, 2 * k)
+        while True:
+            if pos >= len(order):
+                if len(order) == N:
                     break
-                blk = order[pos:pos + step]
-                blk = blk[(lb[blk] <= tau) & ~in_s[blk]]  # rows of S (bound +inf) are never candidates
-                ex = _outer_scores_subset(C, f, self.R, self.n, False, blk.astype(np.int64))
-                cand_rows.append(blk)
-                cand_sc.append(ex)
-                pos += step
-                allsc = np.concatenate(cand_sc)
-                if len(allsc) >= k:
-                    tau = np.partition(allsc, k - 1)[k - 1]
-            rows = np.concatenate(cand_rows)
-            ex = np.concatenate(cand_sc)
-            self.partial_rows += len(rows)
-            if len(rows) > N // 4:  # bounds got loose: start again from a full score next round
-                self.base_f = None
-            sc = np.full(N, np.inf)
-            sc[rows] = ex
-        return np.argsort(sc, kind="stable")[:k]
+                order = np.lexsort((np.arange(N), lb))  # bounds loose beyond the first m: sort them all
+                order = order[pos:]
+                pos = 0
+                if not len(order):
+                    break
+            b = lb[order[pos]]
+            if b > tau or b == np.inf:  # no remaining row can enter the top k (or all are in S)
+                break
+            blk = order[pos:pos + step]
+            blk = blk[(lb[blk] <= tau) & ~in_s[blk]]  # rows of S (bound +inf) are never candidates
+            ex = _outer_scores_subset(C, f, self.R, self.n, False, blk.astype(np.int64))
+            cand_rows.append(blk)
+            cand_sc.append(ex)
+            pos += step
+            allsc = np.concatenate(cand_sc)
+            if len(allsc) >= k:
+                tau = np.partition(allsc, k - 1)[k - 1]
+        rows = np.concatenate(cand_rows)
+        ex = np.concatenate(cand_sc)
+        self.partial_rows += len(rows)
+        # keep the fresh scores with this round's f
+        self.scores[rows] = ex
+        self.epoch[rows] = len(self.fs)
+        self.fs.append(f.copy())
+        if len(rows) > N // 4:  # bounds got loose: start again from a full score next round
+            self.scores = None
+        sel = np.lexsort((rows, ex))[:k]
+        return rows[sel]
 
 
 @nb.njit(cache=True)
@@ -371,6 +444,9 @@ def _inner_scores(C, rows, f1, f2, arg, cnt, R, largest, leave_out):
     fl = np.empty(M)
     d = np.empty(M)
     for k in range(n):
+        if leave_out and not largest and R <= 32:
+            out[k] = _mi_tight_row(C, rows[k], f1, f2, arg, cnt, k, R, n)
+            continue
         if leave_out:
             _loo(f1, f2, arg, cnt, k, fl)
         else:
@@ -400,12 +476,9 @@ def _pair_bounds(C, rows, u, f1, f2, arg, cnt, slot, outer, R):
         sf += fl[j]
     base += sf / M
     out = np.empty(outer.shape[0])
-    d = np.empty(M)
+    dummy = np.zeros(1, np.int64)
     for t in range(outer.shape[0]):
-        o = outer[t]
-        for j in range(M):
-            d[j] = float(C[o, j]) - fl[j]
-        out[t] = base + _mi_from_d(d, R, n, False)
+        out[t] = base + _mi_tight_row(C, outer[t], fl, fl, dummy, dummy, -1, R, n)
     return out
 
 

@@ -149,7 +149,8 @@ def _sl_rebuild(X, slist, scnt, js):
 
 
 @nb.njit(cache=True)
-def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp, splen, use_sparse, slist, scnt):
+def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp, splen, use_sparse, slist, scnt,
+                     spc):
     """Replace source `slot` by train row `o`; route its supply by SSP. Returns (dcost_units, nlog, status)."""
     n = rows.shape[0]
     M = v.shape[0]
@@ -182,10 +183,12 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
             if use_sparse and splen[slot] < sp.shape[1]:
                 # o -> every short sink keeps them reachable when the cheap arcs form separate clusters
                 sp[slot, splen[slot]] = j
+                spc[slot, splen[slot]] = float(C[o, j])
                 splen[slot] += 1
             if use_sparse and bk >= 0 and splen[bk] < sp.shape[1]:
                 # the new tight arc into this sink must be searchable in the sparse graph
                 sp[bk, splen[bk]] = j
+                spc[bk, splen[bk]] = float(C[rows[bk], j])
                 splen[bk] += 1
     rows[slot] = o
     best = np.inf
@@ -267,7 +270,8 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
                     j = sp[k, t] if use_sparse else t
                     a = n + j
                     if not settled[a]:
-                        rc = float(C[rk, j]) - uk - v[j]
+                        # the arc costs sit next to the arc list: no scattered reads of the big cost matrix
+                        rc = (spc[k, t] if use_sparse else float(C[rk, j])) - uk - v[j]
                         if rc < _SNAP:
                             rc = 0.0
                         nd = key + rc
@@ -344,7 +348,7 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
 
 
 @nb.njit(cache=True)
-def _min_reduced_cost(C, rows, u, v, tol, sp, splen):
+def _min_reduced_cost(C, rows, u, v, tol, sp, splen, spc):
     """Certificate: smallest reduced cost over all n*M arcs. Each source's most violated arc (< -tol) is
     appended to its sparse list (when there is room) so that a retry can use it."""
     n = rows.shape[0]
@@ -364,13 +368,14 @@ def _min_reduced_cost(C, rows, u, v, tol, sp, splen):
             best = bk
         if bk < -tol and splen[k] < sp.shape[1]:
             sp[k, splen[k]] = bj
+            spc[k, splen[k]] = float(C[r, bj])
             splen[k] += 1
     return best
 
 
 @nb.njit(cache=True)
 def _sparse_lists(C, rows, v, X, K, extra):
-    """Per source: its K smallest-reduced-cost sinks plus its flow arcs, with `extra` free slots."""
+    """Per source: its K smallest-reduced-cost sinks plus its flow arcs, with `extra` free slots (and costs)."""
     n = rows.shape[0]
     M = v.shape[0]
     deg = np.zeros(n, np.int64)
@@ -380,6 +385,7 @@ def _sparse_lists(C, rows, v, X, K, extra):
                 deg[k] += 1
     W = K + deg.max() + extra
     sp = np.full((n, W), -1, np.int64)
+    spc = np.zeros((n, W))
     splen = np.zeros(n, np.int64)
     mark = np.zeros(M, np.bool_)
     d = np.empty(M)
@@ -400,8 +406,9 @@ def _sparse_lists(C, rows, v, X, K, extra):
                 m += 1
         for t in range(m):
             mark[sp[k, t]] = False
+            spc[k, t] = float(C[r, sp[k, t]])
         splen[k] = m
-    return sp, splen
+    return sp, splen, spc
 
 
 @nb.njit(cache=True)
@@ -496,6 +503,8 @@ class ExchangeSolver:
         self._sp = None
         self._commits_since_refresh = 0
         self._dummy = (np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
+        self._dummy_c = np.zeros((1, 1))
+        self._spc = None
 
     @property
     def value(self) -> float:
@@ -503,7 +512,8 @@ class ExchangeSolver:
         return self.total / self.units
 
     def _refresh_sparse(self):
-        self._sp = _sparse_lists(self.C, self.rows, self.v, self.X, self.sparse_k, 256)
+        sp, splen, self._spc = _sparse_lists(self.C, self.rows, self.v, self.X, self.sparse_k, 256)
+        self._sp = (sp, splen)
         self._commits_since_refresh = 0
 
     def _run(self, slot, o, sp, splen, use_sparse, saved):
@@ -511,7 +521,7 @@ class ExchangeSolver:
             lj, lk, lo = self._log
             dcost, nlog, status = _exchange_kernel(self.C, self.rows, self.u, self.v, self.X, int(slot), int(o),
                                                    lj, lk, lo, self.stats, sp, splen, use_sparse, self.slist,
-                                                   self.scnt)
+                                                   self.scnt, self._spc if use_sparse else self._dummy_c)
             if status == 0:
                 return dcost, nlog, True
             self._restore(slot, saved, nlog)
@@ -543,11 +553,12 @@ class ExchangeSolver:
                 self._refresh_sparse()
             sp, splen = self._sp
             # the incoming row gets its own cheapest arcs in the slot it takes over
-            saved_sp = (sp[slot].copy(), int(splen[slot]))
-            d = self.C[o].astype(np.float64) - self.v
-            best = np.argpartition(d, self.sparse_k - 1)[:self.sparse_k]
+            saved_sp = (sp[slot].copy(), int(splen[slot]), self._spc[slot].copy())
+            co = self.C[o].astype(np.float64)
+            best = np.argpartition(co - self.v, self.sparse_k - 1)[:self.sparse_k]
             sp[slot, :] = -1
             sp[slot, :len(best)] = best
+            self._spc[slot, :len(best)] = co[best]
             splen[slot] = len(best)
             refreshed = False
             for _attempt in range(6):
@@ -559,13 +570,14 @@ class ExchangeSolver:
                     # a short sink was unreachable (lists full or stale): rebuild the lists once and retry
                     self._refresh_sparse()
                     sp, splen = self._sp
-                    saved_sp = (sp[slot].copy(), int(splen[slot]))
+                    saved_sp = (sp[slot].copy(), int(splen[slot]), self._spc[slot].copy())
                     sp[slot, :] = -1
                     sp[slot, :len(best)] = best
+                    self._spc[slot, :len(best)] = co[best]
                     splen[slot] = len(best)
                     refreshed = True
                     continue
-                if _min_reduced_cost(self.C, self.rows, self.u, self.v, 1e-12, sp, splen) >= -1e-12:
+                if _min_reduced_cost(self.C, self.rows, self.u, self.v, 1e-12, sp, splen, self._spc) >= -1e-12:
                     break
                 # not certified on the full arc set: the violated arcs were added to the lists; retry
                 self._restore(slot, saved, nlog)
@@ -597,6 +609,7 @@ class ExchangeSolver:
             sp, splen = self._sp
             sp[slot] = saved_sp[0]
             splen[slot] = saved_sp[1]
+            self._spc[slot] = saved_sp[2]
         self.total = total
         self._pending = None
 
