@@ -360,3 +360,28 @@ def test_shift_slack_bounds_the_drop_of_every_outer_score():
     assert _shift_slack(np.full(40, 3.0), n) == pytest.approx(3.0 / n, abs=1e-9)
     F3 = _outer_scores(C, f + 3.0, R, n, False, skip)
     np.testing.assert_allclose(F3, F0 - 3.0 / n, atol=1e-12)
+
+
+def test_indexed_heap_pops_in_key_then_latest_update_order():
+    from goracs.selection.ot import _ih_pop, _ih_update
+    rng = np.random.default_rng(14)
+    V = 60
+    hk, hs, hn = np.empty(V), np.empty(V, np.int64), np.empty(V, np.int64)
+    pos = np.full(V, -1, np.int64)
+    size, best, seq = 0, {}, 0
+    for _ in range(400):  # inserts and decrease-keys, with many equal keys
+        node = int(rng.integers(V))
+        key = float(rng.integers(0, 6))
+        if node not in best or key < best[node][0]:
+            size = _ih_update(hk, hs, hn, pos, size, key, seq, node)
+            best[node] = (key, seq)
+        seq += 1
+    assert size == len(best)
+    # expected order: smaller key first, then the later update first (depth-first through ties)
+    expect = sorted(best, key=lambda a: (best[a][0], -best[a][1]))
+    got = []
+    while size:
+        key, node, size = _ih_pop(hk, hs, hn, pos, size)
+        assert key == best[node][0] and pos[node] == -1
+        got.append(node)
+    assert got == expect

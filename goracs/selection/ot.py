@@ -58,37 +58,46 @@ def _less(k1, s1, k2, s2):
 
 
 @nb.njit(cache=True)
-def _heap_push(hk, hs, hn, size, key, seq, node):
-    if size >= len(hk):
-        nk = np.empty(2 * len(hk), hk.dtype)
-        ns = np.empty(2 * len(hs), hs.dtype)
-        nn = np.empty(2 * len(hn), hn.dtype)
-        nk[:size] = hk[:size]
-        ns[:size] = hs[:size]
-        nn[:size] = hn[:size]
-        hk, hs, hn = nk, ns, nn
-    i = size
-    hk[i] = key
-    hs[i] = seq
-    hn[i] = node
+def _ih_sift_up(hk, hs, hn, pos, i):
     while i > 0:
         p = (i - 1) >> 1
         if _less(hk[i], hs[i], hk[p], hs[p]):
             hk[i], hk[p] = hk[p], hk[i]
             hs[i], hs[p] = hs[p], hs[i]
             hn[i], hn[p] = hn[p], hn[i]
+            pos[hn[i]] = i
+            pos[hn[p]] = p
             i = p
         else:
             break
-    return hk, hs, hn, size + 1
 
 
 @nb.njit(cache=True)
-def _heap_pop(hk, hs, hn, size):
-    key, seq, node = hk[0], hs[0], hn[0]
+def _ih_update(hk, hs, hn, pos, size, key, seq, node):
+    """Insert `node`, or lower its key (and renew its tie-break) if it is already queued; returns the size."""
+    # An indexed heap keeps one entry per node: the old one-push-per-improvement heap popped (and sifted) every
+    # stale entry too, which was most of the search time.
+    i = pos[node]
+    if i < 0:
+        i = size
+        size += 1
+        hn[i] = node
+        pos[node] = i
+    hk[i] = key
+    hs[i] = seq
+    _ih_sift_up(hk, hs, hn, pos, i)
+    return size
+
+
+@nb.njit(cache=True)
+def _ih_pop(hk, hs, hn, pos, size):
+    """Remove the smallest entry; returns (key, node, size)."""
+    key, node = hk[0], hn[0]
+    pos[node] = -1
     size -= 1
     if size > 0:
         hk[0], hs[0], hn[0] = hk[size], hs[size], hn[size]
+        pos[hn[0]] = 0
         i = 0
         while True:
             l = 2 * i + 1
@@ -102,10 +111,12 @@ def _heap_pop(hk, hs, hn, size):
                 hk[i], hk[c] = hk[c], hk[i]
                 hs[i], hs[c] = hs[c], hs[i]
                 hn[i], hn[c] = hn[c], hn[i]
+                pos[hn[i]] = i
+                pos[hn[c]] = c
                 i = c
             else:
                 break
-    return key, seq, node, size
+    return key, node, size
 
 
 @nb.njit(cache=True)
@@ -205,26 +216,28 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
     settled = np.zeros(V, np.bool_)
     order = np.empty(V, np.int64)
     targets = np.empty(M, np.int64)
-    hk = np.empty(4 * V)
-    hs = np.empty(4 * V, np.int64)
-    hn = np.empty(4 * V, np.int64)
+    hk = np.empty(V)
+    hs = np.empty(V, np.int64)
+    hn = np.empty(V, np.int64)
+    hpos = np.full(V, -1, np.int64)
     remaining = supply_units
     while remaining > 0:
         for a in range(V):
             dist[a] = np.inf
             settled[a] = False
+            hpos[a] = -1
         size = 0
         seq = 0
         dist[slot] = 0.0
         pred[slot] = -1
-        hk, hs, hn, size = _heap_push(hk, hs, hn, size, 0.0, seq, slot)
+        size = _ih_update(hk, hs, hn, hpos, size, 0.0, seq, slot)
         seq += 1
         nset = 0
         ntar = 0
         cum = 0
         D = 0.0
         while size > 0:
-            key, _s, node, size = _heap_pop(hk, hs, hn, size)
+            key, node, size = _ih_pop(hk, hs, hn, hpos, size)
             if settled[node] or key > dist[node]:
                 continue
             settled[node] = True
@@ -259,7 +272,7 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
                         if nd < dist[k]:
                             dist[k] = nd
                             pred[k] = node
-                            hk, hs, hn, size = _heap_push(hk, hs, hn, size, nd, seq, k)
+                            size = _ih_update(hk, hs, hn, hpos, size, nd, seq, k)
                             seq += 1
             else:
                 k = node
@@ -278,7 +291,7 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
                         if nd < dist[a]:
                             dist[a] = nd
                             pred[a] = k
-                            hk, hs, hn, size = _heap_push(hk, hs, hn, size, nd, seq, a)
+                            size = _ih_update(hk, hs, hn, hpos, size, nd, seq, a)
                             seq += 1
         stats[0] += 1
         stats[3] += seq
