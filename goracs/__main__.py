@@ -23,6 +23,10 @@ def run(cfg: DictConfig, out_dir: Path):
     """Run the configured stage and record how it was run."""
     if cfg.stage not in STAGES:
         raise ValueError(f"unknown stage '{cfg.stage}'; known: {list(STAGES)}")
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     write_run_info(out_dir, OmegaConf.to_container(cfg, resolve=True), int(cfg.seed))
     if cfg.stage == "prepare":
         data = pipeline.run_prepare(cfg)
