@@ -423,7 +423,9 @@ class _LazyOuter:
         self.scores[rows] = ex
         self.epoch[rows] = len(self.fs)
         self.fs.append(f.copy())
-        if len(rows) > N // 4:  # bounds got loose: start again from a full score next round
+        # with per-row epochs the bounds of rows scored recently stay tight, so a full re-score pays only when
+        # most rows had to be re-scored anyway
+        if len(rows) > N // 2:
             self.scores = None
         sel = np.lexsort((rows, ex))[:k]
         return rows[sel]
