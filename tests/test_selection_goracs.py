@@ -385,3 +385,18 @@ def test_indexed_heap_pops_in_key_then_latest_update_order():
         assert key == best[node][0] and pos[node] == -1
         got.append(node)
     assert got == expect
+
+
+def test_flow_cost_from_lists_equals_full_scan():
+    from goracs.selection.ot import _flow_cost, _flow_cost_lists
+    rng = np.random.default_rng(15)
+    C = rng.random((50, 24)).astype(np.float32)
+    es = ExchangeSolver(C, rng.choice(50, 5, replace=False))
+    for _ in range(10):
+        es.try_exchange(int(rng.integers(5)), int(rng.choice(np.setdiff1d(np.arange(50), es.rows))))
+        es.commit()
+        assert _flow_cost_lists(C, es.rows, es.X, es.slist, es.scnt) == _flow_cost(C, es.rows, es.X)
+        # every list holds exactly the sources with flow into its sink (or is marked overflowed)
+        for j in range(24):
+            if es.scnt[j] >= 0:
+                assert sorted(es.slist[j, :es.scnt[j]]) == list(np.flatnonzero(es.X[j]))

@@ -438,6 +438,33 @@ def _flow_cost(C, rows, X):
 
 
 @nb.njit(cache=True)
+def _flow_cost_lists(C, rows, X, slist, scnt):
+    """_flow_cost over the per-sink flow lists (O(n + M) instead of O(n M)); same terms in the same order."""
+    M, n = X.shape
+    tot = 0.0
+    buf = np.empty(slist.shape[1], np.int64)
+    for j in range(M):
+        c = scnt[j]
+        if c < 0:  # overflowed list: scan the row
+            for k in range(n):
+                x = X[j, k]
+                if x != 0:
+                    tot += float(C[rows[k], j]) * x
+            continue
+        for t in range(c):  # insertion sort: sources in increasing slot order, as the full scan adds them
+            k = slist[j, t]
+            p = t
+            while p > 0 and buf[p - 1] > k:
+                buf[p] = buf[p - 1]
+                p -= 1
+            buf[p] = k
+        for t in range(c):
+            k = buf[t]
+            tot += float(C[rows[k], j]) * X[j, k]
+    return tot
+
+
+@nb.njit(cache=True)
 def _undo(X, log_j, log_k, log_old, nlog):
     for t in range(nlog - 1, -1, -1):
         X[log_j[t], log_k[t]] = log_old[t]
@@ -607,7 +634,7 @@ class ExchangeSolver:
     def commit(self) -> None:
         """Keep the last exchange; re-sum the plan cost to avoid drift."""
         self._pending = None
-        self.total = float(_flow_cost(self.C, self.rows, self.X))
+        self.total = float(_flow_cost_lists(self.C, self.rows, self.X, self.slist, self.scnt))
         # The lists stay a good guess for a while (the certificate keeps every answer exact); rebuilt every 25
         # commits, and after a dense re-solve, whose new flow arcs the lists do not hold.
         self._commits_since_refresh += 1
