@@ -336,20 +336,23 @@ def _outer_scores_subset(C, f, R, n, largest, cand):
     return out
 
 
-def _shift_slack(delta: np.ndarray, n: int) -> float:
-    """min over c of mean_j max(delta_j + c, 0) - c/n: how far any F_o can drop when f moves by delta."""
+def _shift_slack(delta: np.ndarray, n: int):
+    """min over c of mean_j max(delta_j + c, 0) - c/n (per row of a 2-d delta): how far any F_o can drop."""
     # F(f + c) = F(f) - c/n (y shifts with f), so F(f') >= F(f) - mean_j max(f'_j + c - f_j, 0) + c/n for
     # every c; the best c removes the common drift of the duals and leaves the local change. The function is
     # convex and piecewise linear with kinks at c = -delta_j; its minimum sits where about M/n terms are positive.
-    M = delta.shape[0]
+    one = delta.ndim == 1
+    delta = np.atleast_2d(delta)
+    M = delta.shape[1]
     R = ceil_div(M, n)
     ks = sorted({max(1, min(M, k)) for k in (R - 1, R, R + 1)})
-    top = -np.sort(-np.partition(delta, M - ks[-1])[M - ks[-1]:])  # the ks[-1] largest, descending
-    best = float(np.maximum(delta, 0.0).mean())  # c = 0: the plain bound
+    top = -np.sort(-np.partition(delta, M - ks[-1], axis=1)[:, M - ks[-1]:], axis=1)  # largest, descending
+    best = np.maximum(delta, 0.0).mean(axis=1)  # c = 0: the plain bound
     for k in ks:
-        c = -float(top[k - 1])
-        best = min(best, float(np.maximum(delta + c, 0.0).mean()) - c / n)
-    return best + 1e-12  # margin for float rounding in the scores
+        c = -top[:, k - 1]
+        best = np.minimum(best, np.maximum(delta + c[:, None], 0.0).mean(axis=1) - c / n)
+    best = best + 1e-12  # margin for float rounding in the scores
+    return float(best[0]) if one else best
 
 
 class _LazyOuter:
@@ -374,16 +377,18 @@ class _LazyOuter:
     def _full(self, f, in_s, k):
         self.scores = _outer_scores(self.C, f, self.R, self.n, False, in_s)
         self.epoch = np.zeros(self.C.shape[0], np.int32)
-        self.fs = [f.copy()]
+        self.fs = np.empty((self.MAX_EPOCHS, len(f)))
+        self.fs[0] = f
+        self.nf = 1
         self.full += 1
         return np.argsort(self.scores, kind="stable")[:k]
 
     def top(self, f, in_s, k):
         C = self.C
         N = C.shape[0]
-        if self.scores is None or len(self.fs) >= self.MAX_EPOCHS:
+        if self.scores is None or self.nf >= self.MAX_EPOCHS:
             return self._full(f, in_s, k)
-        slack = np.array([_shift_slack(f - fe, self.n) for fe in self.fs])
+        slack = _shift_slack(f[None, :] - self.fs[:self.nf], self.n)
         lb = self.scores - slack[self.epoch]
         lb[in_s] = np.inf
         # rows that were in S when last scored have no score: always re-score them
@@ -421,8 +426,9 @@ class _LazyOuter:
         self.partial_rows += len(rows)
         # keep the fresh scores with this round's f
         self.scores[rows] = ex
-        self.epoch[rows] = len(self.fs)
-        self.fs.append(f.copy())
+        self.epoch[rows] = self.nf
+        self.fs[self.nf] = f
+        self.nf += 1
         # with per-row epochs the bounds of rows scored recently stay tight, so a full re-score pays only when
         # most rows had to be re-scored anyway
         if len(rows) > N // 2:

@@ -360,6 +360,15 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
     return dcost, nlog, 0
 
 
+@nb.njit(cache=True, fastmath=True)
+def _row_min_minus(C, r, v):
+    """min_j (C[r, j] - v[j]); a plain min reduction, which fastmath lets the compiler vectorise."""
+    m = 1e300  # finite start: fastmath assumes no infinities
+    for j in range(v.shape[0]):
+        m = min(m, float(C[r, j]) - v[j])
+    return m
+
+
 @nb.njit(cache=True)
 def _min_reduced_cost(C, rows, u, v, tol, sp, splen, spc):
     """Certificate: smallest reduced cost over all n*M arcs. Each source's most violated arc (< -tol) is
@@ -370,13 +379,15 @@ def _min_reduced_cost(C, rows, u, v, tol, sp, splen, spc):
     for k in range(n):
         r = rows[k]
         uk = u[k]
-        bk = np.inf
+        bk = _row_min_minus(C, r, v) - uk
         bj = -1
-        for j in range(M):
-            rc = float(C[r, j]) - uk - v[j]
-            if rc < bk:
-                bk = rc
-                bj = j
+        if bk < -tol:  # rare: find the arc, in the same arithmetic as the searches
+            bk = np.inf
+            for j in range(M):
+                rc = float(C[r, j]) - uk - v[j]
+                if rc < bk:
+                    bk = rc
+                    bj = j
         if bk < best:
             best = bk
         if bk < -tol and splen[k] < sp.shape[1]:
