@@ -30,7 +30,7 @@ def run_prepare(cfg: DictConfig, task: str | None = None) -> PreparedData:
     task_cfg = as_dict(cfg.task)
     if task is not None and task != task_cfg["name"]:
         task_cfg = {**task_cfg, "name": task}
-    return prepare(as_dict(cfg.dataset), task_cfg, stage_cache(cfg), seed=int(cfg.seed),
+    return prepare(as_dict(cfg.dataset), task_cfg, stage_cache(cfg), seed=int(cfg.get("data_seed", 0)),
                    progress=bool(cfg.progress))
 
 
@@ -79,7 +79,8 @@ def pool(cfg: DictConfig, data: PreparedData) -> dict[str, Any]:
     """The samples the run works on: the prepared splits, optionally capped (seeded) by `task.pool`."""
     caps = as_dict(cfg.task.get("pool") or {})
     out = {"key": {"prepare": data.path.name, "pool": caps}}
-    rng = np.random.default_rng(int(cfg.seed) + 7919)
+    # the data seed, not the run seed: every seed of a table sees the same pool and test samples
+    rng = np.random.default_rng(int(cfg.get("data_seed", 0)) + 7919)
     for split in ("train", "valid", "test"):
         df = data.split(split)
         cap = caps.get(f"max_{split}")
