@@ -371,8 +371,8 @@ def _row_min_minus(C, r, v):
 
 @nb.njit(cache=True)
 def _min_reduced_cost(C, rows, u, v, tol, sp, splen, spc):
-    """Certificate: smallest reduced cost over all n*M arcs. Every violated arc (< -tol) of a source is appended
-    to its sparse list (while there is room), so that a retry can use them."""
+    """Certificate: smallest reduced cost over all n*M arcs. Each source's most violated arc (< -tol) is
+    appended to its sparse list (when there is room) so that a retry can use it."""
     n = rows.shape[0]
     M = v.shape[0]
     best = np.inf
@@ -380,19 +380,20 @@ def _min_reduced_cost(C, rows, u, v, tol, sp, splen, spc):
         r = rows[k]
         uk = u[k]
         bk = _row_min_minus(C, r, v) - uk
-        if bk < -tol:  # rare: find the arcs, in the same arithmetic as the searches
+        bj = -1
+        if bk < -tol:  # rare: find the arc, in the same arithmetic as the searches
             bk = np.inf
             for j in range(M):
                 rc = float(C[r, j]) - uk - v[j]
                 if rc < bk:
                     bk = rc
-                # all of them, not only the worst: one arc per retry needed up to 4 retries
-                if rc < -tol and splen[k] < sp.shape[1]:
-                    sp[k, splen[k]] = j
-                    spc[k, splen[k]] = float(C[r, j])
-                    splen[k] += 1
+                    bj = j
         if bk < best:
             best = bk
+        if bk < -tol and splen[k] < sp.shape[1]:
+            sp[k, splen[k]] = bj
+            spc[k, splen[k]] = float(C[r, bj])
+            splen[k] += 1
     return best
 
 
