@@ -273,10 +273,12 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
     return {"key": key, "path": out, "model": model, "tokenizer": tok, "report": report}
 
 
-def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate the fine-tuned model on the test split; metrics cached by the adapter and evaluation settings."""
+def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any],
+                 sel: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the fine-tuned model on the test split (plus the proxy-check values when `sel` is given);
+    cached by the adapter and the evaluation settings."""
     key = {"train": trained["path"].name, "eval": as_dict(cfg.eval), "task": cfg.task.name,
-           "test": p["key"]}
+           "test": p["key"], "proxy": sel is not None}
     cache = stage_cache(cfg)
     if not cache.done("evaluate", key):
         model, tok = trained["model"], trained["tokenizer"]
@@ -291,12 +293,15 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any]) ->
             base, _ = base_model(cfg)
             metrics = evaluate_seqrec(model, base, tok, p["test"], p["catalogue"], as_dict(cfg.eval),
                                       cache_dir=Path(cfg.paths.cache_dir) / "catalogue")
+        if sel is not None:
+            metrics.update(proxy_values(cfg, p, sel, trained))
         with cache.build("evaluate", key) as tmp:
             write_json(tmp / "metrics.json", metrics)
     return json.loads((cache.path("evaluate", key) / "metrics.json").read_text())
 
 
 SCALAR_METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "auc", "logloss", "accuracy")
+PROXY = ("poo", "poo_lam", "test_loss")
 
 
 def trajectories(report: dict[str, Any]) -> dict[str, list[float]]:
@@ -359,10 +364,8 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         traj = trajectories(sel["report"])
         for name, values in traj.items():
             logger.log_trajectory(values, name="poo" if name == "all" else f"poo_{name.replace(' ', '')}")
-        metrics = run_evaluate(cfg, p, trained)
-        scalars = {k.lower(): float(metrics[k]) for k in metrics if k.lower() in SCALAR_METRICS}
-        if cfg.get("proxy_check", True):
-            scalars.update(proxy_values(cfg, p, sel, trained))
+        metrics = run_evaluate(cfg, p, trained, sel if cfg.get("proxy_check", True) else None)
+        scalars = {k.lower(): float(metrics[k]) for k in metrics if k.lower() in SCALAR_METRICS + PROXY}
         result = {"dataset": cfg.dataset.name, "task": cfg.task.name, "selector": cfg.selector.name,
                   "budget": int(cfg.selector.budget), "lam": cfg.selector.get("lam"), "seed": int(cfg.seed),
                   "n_train_pool": len(p["train"]), "n_test": len(p["test"]), **scalars,
