@@ -1,4 +1,4 @@
-"""GraNd (Paul et al. 2021): keep the n samples with the largest gradient norm."""
+"""GraNd (Paul et al. 2021): keep the n samples with the largest gradient norm; also the shared top-n selector."""
 
 from __future__ import annotations
 
@@ -16,15 +16,25 @@ def top_n(scores: np.ndarray, budget: int) -> np.ndarray:
     return order[:budget]
 
 
-@register("grand")
-class GraNdSelector(Selector):
-    """Top-n per-sample gradient norm (the LoRA-B gradient norm of goracs.signals.grads)."""
+class TopScoreSelector(Selector):
+    """Keep the n samples with the largest value of one per-sample signal (`score`)."""
 
-    needs = ("grad_norms",)
+    score: str = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.needs = (cls.score,)
 
     def _select(self, signals: Signals, budget: int, seed: int) -> Selection:
         t0 = time.perf_counter()
-        g = np.asarray(signals.grad_norms)
-        idx = top_n(g, budget)
-        return Selection(idx, {"time_s": time.perf_counter() - t0, "score_threshold": float(g[idx].min()),
-                               "mean_score_selected": float(g[idx].mean()), "mean_score_pool": float(g.mean())})
+        s = np.asarray(getattr(signals, self.score))
+        idx = top_n(s, budget)
+        return Selection(idx, {"time_s": time.perf_counter() - t0, "score_threshold": float(s[idx].min()),
+                               "mean_score_selected": float(s[idx].mean()), "mean_score_pool": float(s.mean())})
+
+
+@register("grand")
+class GraNdSelector(TopScoreSelector):
+    """Top-n per-sample gradient norm (the LoRA-B gradient norm of goracs.signals.grads)."""
+
+    score = "grad_norms"
