@@ -195,7 +195,7 @@ def selector_params(cfg: DictConfig) -> tuple[str, int, dict[str, Any]]:
 
 
 def build_signals(cfg: DictConfig, p: dict[str, Any], needs: tuple[str, ...]):
-    """The Signals a selector needs (computed or loaded from the cache), plus their cache keys."""
+    """The Signals a selector needs (computed or loaded from the cache)."""
     from goracs.selection.base import Signals
 
     sig = Signals(n=len(p["train"]))
@@ -250,8 +250,6 @@ def run_select(cfg: DictConfig, p: dict[str, Any]) -> dict[str, Any]:
 
 def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=None) -> dict[str, Any]:
     """LoRA fine-tuning on the coreset; the adapter is cached by the selection, model and training settings."""
-    from peft import PeftModel
-
     from goracs.train import train_lora
 
     # the run's seed seeds fine-tuning too, so seeds vary the whole pipeline, not only the selection
@@ -259,17 +257,17 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
     key = {"select": sel["path"].name, "model": model_key(cfg), "train": tcfg}
     cache = stage_cache(cfg)
     out = cache.path("train", key)
-    model, tok = base_model(cfg, fresh=True)
     if cache.done("train", key):
-        model = PeftModel.from_pretrained(model, str(out / "adapter"), is_trainable=False)
+        # loaded only if a later stage needs the model (an evaluation already cached does not)
         report = {**json.loads((out / "train_report.json").read_text()), "cached": True}
-    else:
-        coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
-        # train_lora resumes a finished run in `out` itself and writes its adapter atomically; the marker
-        # below says the whole stage finished
-        model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, tcfg, out, logger=logger)
-        write_json(out / "key.json", key)
-        (out / "_DONE").touch()
+        return {"key": key, "path": out, "model": None, "tokenizer": None, "report": report}
+    model, tok = base_model(cfg, fresh=True)
+    coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
+    # train_lora resumes a finished run in `out` itself and writes its adapter atomically; the marker below says
+    # the whole stage finished
+    model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, tcfg, out, logger=logger)
+    write_json(out / "key.json", key)
+    (out / "_DONE").touch()
     return {"key": key, "path": out, "model": model, "tokenizer": tok, "report": report}
 
 
@@ -281,6 +279,12 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any],
            "test": p["key"], "proxy": sel is not None}
     cache = stage_cache(cfg)
     if not cache.done("evaluate", key):
+        if trained["model"] is None:
+            from peft import PeftModel
+
+            base, tok = base_model(cfg, fresh=True)
+            trained["model"] = PeftModel.from_pretrained(base, str(trained["path"] / "adapter"), is_trainable=False)
+            trained["tokenizer"] = tok
         model, tok = trained["model"], trained["tokenizer"]
         model.eval()
         if cfg.task.name == "ctr":

@@ -66,6 +66,12 @@ def test_ctr_end_to_end_and_cache_reuse(tmp_path, calls):
     assert calls == before
     assert second["auc"] == first["auc"] and second["poo"] == first["poo"]
 
+    # an evaluation setting changes: the cached adapter is loaded and evaluated again, nothing is retrained
+    rebatched = run_all(config(tmp_path, "task=ctr", "selector=goracs", "eval.batch_size=3"), tmp_path / "run2b")
+    assert calls["train_lora"] == 1 and calls["evaluate_ctr"] == 2
+    assert rebatched["auc"] == pytest.approx(first["auc"], abs=1e-6)
+    before = dict(calls)
+
     # the same run folder again: the finished job is skipped outright
     third = run_all(cfg, tmp_path / "run1")
     assert third["wall_seconds"] == first["wall_seconds"]
@@ -73,7 +79,7 @@ def test_ctr_end_to_end_and_cache_reuse(tmp_path, calls):
     # a lambda change recomputes selection and what follows, never the signals
     other = run_all(config(tmp_path, "task=ctr", "selector=goracs", "selector.lam=0"), tmp_path / "run3")
     assert calls["grad_norms"] == 1 and calls["load_encoder"] == before["load_encoder"]
-    assert calls["train_lora"] == 2 and calls["evaluate_ctr"] == 2
+    assert calls["train_lora"] == 2 and calls["evaluate_ctr"] == 3
     assert other["lam"] == 0.0
 
 
