@@ -39,6 +39,10 @@ class StageCache:
             yield tmp
             write_json(tmp / "key.json", key)
             (tmp / DONE).touch()
+            if (final / DONE).exists():
+                # another process (a parallel job of the same sweep) finished the same artifact first: keep its
+                # folder, which a reader may already be using, and drop ours (same key, same content)
+                return
             if final.exists():  # an incomplete leftover from a killed run
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -88,6 +88,23 @@ def test_interrupted_build_leaves_no_artifact(tmp_path):
     assert list((tmp_path / "prepare").iterdir()) == []
 
 
+def test_two_builders_of_one_artifact_keep_the_first(tmp_path):
+    """Parallel jobs of a sweep may build the same artifact; the first complete folder stays (a reader may hold
+    it), the later build is dropped, and an incomplete leftover is replaced."""
+    cache = StageCache(tmp_path)
+    final = cache.path("signals", {"k": 1})
+    final.mkdir(parents=True)
+    (final / "half.npy").write_text("leftover of a killed run")  # no _DONE marker
+    with cache.build("signals", {"k": 1}) as outer:
+        (outer / "v.txt").write_text("second")
+        with cache.build("signals", {"k": 1}) as inner:
+            (inner / "v.txt").write_text("first")
+        assert cache.done("signals", {"k": 1}) and not (final / "half.npy").exists()
+        first_inode = final.stat().st_ino
+    assert (final / "v.txt").read_text() == "first" and final.stat().st_ino == first_inode
+    assert [p.name for p in (tmp_path / "signals").iterdir()] == [final.name]
+
+
 def test_unknown_settings_fail_clearly(tmp_path):
     from goracs.data.errors import DataError
 
