@@ -97,12 +97,15 @@ def train_surrogate(seqs: np.ndarray, targets: np.ndarray, n_items: int, *, hidd
     g = torch.Generator().manual_seed(seed)
     s_t, y_t = torch.from_numpy(seqs), torch.from_numpy(np.asarray(targets, dtype=np.int64))
     model.train()
-    for _ in tqdm(range(epochs), desc="DEALRec surrogate", disable=not progress):
-        for b in torch.randperm(len(s_t), generator=g).split(batch_size):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(s_t[b]), y_t[b])
-            loss.backward()
-            opt.step()
+    n_batches = -(-len(s_t) // batch_size)
+    with tqdm(total=epochs * n_batches, desc="DEALRec surrogate (batches)", disable=not progress) as bar:
+        for _ in range(epochs):
+            for b in torch.randperm(len(s_t), generator=g).split(batch_size):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(s_t[b]), y_t[b])
+                loss.backward()
+                opt.step()
+                bar.update(1)
     model.eval()
     return model
 
@@ -133,20 +136,26 @@ def head_loss_grad(W: torch.Tensor, F: torch.Tensor, E: torch.Tensor, y: torch.T
 
 def fit_head(W0: torch.Tensor, F: torch.Tensor, E: torch.Tensor, y: torch.Tensor, reg: float,
              weights: torch.Tensor | None = None, iters: int = 50, tol: float = 1e-9,
-             chunk: int = 4096) -> torch.Tensor:
+             chunk: int = 4096, progress: bool = False) -> torch.Tensor:
     """Minimise sum_i w_i CE_i / N + reg/2 ||W||^2 over the head W by L-BFGS (convex: a unique optimum)."""
     weights = torch.ones(len(F), dtype=F.dtype) if weights is None else weights
     W = W0.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([W], lr=1.0, max_iter=iters, tolerance_grad=tol, tolerance_change=tol * 1e-3,
                             history_size=20, line_search_fn="strong_wolfe")
 
+    bar = tqdm(desc="DEALRec head refit (L-BFGS evaluations)", disable=not progress)
+
     def closure():
         with torch.no_grad():
             loss, grad = head_loss_grad(W, F, E, y, weights, chunk)
             W.grad = grad + reg * W
+            bar.update(1)
             return torch.tensor(loss + 0.5 * reg * float((W * W).sum()), dtype=F.dtype)
 
-    opt.step(closure)
+    try:
+        opt.step(closure)
+    finally:
+        bar.close()
     return W.detach()
 
 
@@ -162,14 +171,15 @@ def head_hvp(V: torch.Tensor, W: torch.Tensor, F: torch.Tensor, E: torch.Tensor,
     return out / len(F) + reg * V
 
 
-def conjugate_gradient(hvp, b: torch.Tensor, iters: int, tol: float = 1e-8) -> tuple[torch.Tensor, int]:
+def conjugate_gradient(hvp, b: torch.Tensor, iters: int, tol: float = 1e-8,
+                       progress: bool = False) -> tuple[torch.Tensor, int]:
     """Solve H u = b for symmetric positive-definite H given only products H v; returns (u, iterations)."""
     u = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rr = float((r * r).sum())
     b_norm = max(float(b.norm()), 1e-30)
-    for it in range(1, iters + 1):
+    for it in tqdm(range(1, iters + 1), desc="DEALRec inverse-HVP (CG)", disable=not progress):
         hp = hvp(p)
         alpha = rr / float((p * hp).sum())
         u += alpha * p
@@ -183,12 +193,12 @@ def conjugate_gradient(hvp, b: torch.Tensor, iters: int, tol: float = 1e-8) -> t
 
 
 def influence_scores(W: torch.Tensor, F: torch.Tensor, E: torch.Tensor, y: torch.Tensor, reg: float,
-                     cg_iters: int = 50, chunk: int = 4096) -> tuple[np.ndarray, dict]:
+                     cg_iters: int = 50, chunk: int = 4096, progress: bool = False) -> tuple[np.ndarray, dict]:
     """g_s^T H^-1 grad R for every sample s: N times the first-order change of the mean training loss R when
     s is removed from the regularised head objective (higher = more important)."""
     ones = torch.ones(len(F), dtype=F.dtype)
     _, grad_r = head_loss_grad(W, F, E, y, ones, chunk)
-    u, used = conjugate_gradient(lambda v: head_hvp(v, W, F, E, reg, chunk), grad_r, cg_iters)
+    u, used = conjugate_gradient(lambda v: head_hvp(v, W, F, E, reg, chunk), grad_r, cg_iters, progress=progress)
     out = np.empty(len(F), dtype=np.float64)
     for s, e in _chunks(len(F), chunk):
         p = torch.softmax((F[s:e] @ W.T) @ E.T, 1)
@@ -269,9 +279,13 @@ class DEALRecSelector(Selector):
             F = torch.cat([model.features(torch.from_numpy(seqs[s:e])) for s, e in _chunks(len(seqs), 4096)])
             E = model.item_matrix().detach().clone()
         y = torch.from_numpy(targets)
-        W = fit_head(model.head.weight.detach(), F, E, y, self.reg, iters=self.refit_iters, chunk=self.chunk)
-        infl, rep = influence_scores(W, F, E, y, self.reg, self.cg_iters, self.chunk)
-        rep.update({"surrogate_train_s": t_train, "influence_s": time.perf_counter() - t0 - t_train})
+        t1 = time.perf_counter()
+        W = fit_head(model.head.weight.detach(), F, E, y, self.reg, iters=self.refit_iters, chunk=self.chunk,
+                     progress=self.progress)
+        t_refit = time.perf_counter() - t1
+        infl, rep = influence_scores(W, F, E, y, self.reg, self.cg_iters, self.chunk, progress=self.progress)
+        rep.update({"surrogate_train_s": t_train, "refit_s": t_refit,
+                    "influence_s": time.perf_counter() - t0 - t_train})
         return infl, rep
 
     def _select(self, signals: Signals, budget: int, seed: int) -> Selection:

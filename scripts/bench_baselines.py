@@ -4,6 +4,9 @@ replacement, seeded) from the 15,000 real LLaMA-7B Games norms in ../shared/data
 real norms available); EL2N is not needed by these selectors.
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_baselines.py [--goracs] [--dealrec-n 10000]
+       OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_baselines.py --only-dealrec --dealrec-real
+(--dealrec-real: DEALRec on the real Games SeqRec training histories of ../shared/data/amazon-games-2018, every
+sample and the whole catalogue, with the parameters of configs/selector/dealrec.yaml; about an hour on one core)
 """
 
 from __future__ import annotations
@@ -45,10 +48,42 @@ def timed(name: str, params: dict, sig: Signals, budget: int, seed: int = 0) -> 
     out = sel.select(sig, budget, seed)
     dt = time.perf_counter() - t0
     extra = {k: v for k, v in out.report.items() if k in ("knn", "knn_time_s", "n_edges", "cg_iters",
-                                                           "surrogate_train_s", "influence_s")}
+                                                           "surrogate_train_s", "refit_s", "influence_s")}
     extra = ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
     print(f"| {name} | {sig.n_train:,} | {budget} | {dt:.2f} | {extra} |", flush=True)
     return dt
+
+
+def dealrec_real(budget: int) -> None:
+    """DEALRec at the real size: the Games SeqRec training samples (histories, targets, catalogue) as the
+    pipeline builds them, gradient norms resampled from the real ones, parameters from the selector config."""
+    from omegaconf import OmegaConf
+
+    from goracs.cache import StageCache
+    from goracs.data.prepare import prepare
+    from goracs.pipeline import sequence_signals
+
+    shared = ROOT.parent / "shared" / "data" / "amazon-games-2018"
+    if not shared.exists():
+        raise SystemExit(f"{shared} is absent: --dealrec-real needs the real Games fixture")
+    ds = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "dataset" / "games_recbole.yaml"))
+    ds["root"] = str(shared)
+    t0 = time.perf_counter()
+    data = prepare(ds, {"name": "seqrec", "max_history": 10, "n_negatives": 99}, StageCache(ROOT / "cache"),
+                   progress=False)
+    extra = sequence_signals({"train": data.train, "catalogue": data.catalogue})
+    n = len(extra["targets"])
+    print(f"# real Games SeqRec train split: {n:,} samples, {extra['n_items']:,} items, mean history "
+          f"{np.mean([len(h) for h in extra['histories']]):.1f} (prepared in {time.perf_counter() - t0:.0f} s)")
+    params = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "selector" /
+                                                                     "dealrec.yaml")).items()
+              if k not in ("name", "budget")}
+    print(f"# parameters (configs/selector/dealrec.yaml): {params}")
+    rng = np.random.default_rng(0)
+    sig = Signals(embeddings=np.zeros((n, 1), dtype=np.float32), grad_norms=real_norms(n, rng), extra=extra)
+    print("| selector | pool N | budget | time (s) | notes |")
+    print("|---|---|---|---|---|")
+    timed("dealrec", {**params, "progress": True}, sig, budget)
 
 
 def main() -> None:
@@ -60,8 +95,15 @@ def main() -> None:
     ap.add_argument("--dealrec-n", type=int, default=10_000, help="DEALRec pool size (0: skip)")
     ap.add_argument("--dealrec-items", type=int, default=2_000)
     ap.add_argument("--dealrec-epochs", type=int, default=2)
+    ap.add_argument("--dealrec-real", action="store_true",
+                    help="DEALRec on the real Games SeqRec train split, full catalogue, config parameters")
+    ap.add_argument("--only-dealrec", action="store_true", help="skip CCS, Moderate and D2-Pruning")
     ap.add_argument("--goracs", action="store_true", help="also time make_selector('goracs') (minutes)")
     args = ap.parse_args()
+    if args.dealrec_real:
+        torch.set_num_threads(1)
+        dealrec_real(args.budget)
+        return
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     x = clustered(args.n, args.dim, 200, rng)
@@ -71,9 +113,10 @@ def main() -> None:
           f"N={args.n:,}, d={args.dim}, budget={args.budget}")
     print("| selector | pool N | budget | time (s) | notes |")
     print("|---|---|---|---|---|")
-    timed("ccs", {}, sig, args.budget)
-    timed("moderate", {}, sig, args.budget)
-    timed("d2pruning", {}, sig, args.budget)
+    if not args.only_dealrec:
+        timed("ccs", {}, sig, args.budget)
+        timed("moderate", {}, sig, args.budget)
+        timed("d2pruning", {}, sig, args.budget)
     if args.dealrec_n:
         # DEALRec's cost is the surrogate training and the full-catalogue softmax passes (N x n_items x d per
         # pass); at the full size on one CPU core that is hours, so it runs on a smaller pool, labelled as such
