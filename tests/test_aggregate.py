@@ -69,4 +69,17 @@ def test_write_tables_and_rerun_counts_once(tmp_path):
     assert out["seqrec"]["seeds"].tolist() == [3, 3]
     csv = pd.read_csv(tmp_path / "results" / "table_seqrec.csv")
     assert set(csv["selector"]) == {"goracs", "random"}
-    assert (tmp_path / "results" / "table_ctr.md").read_text().startswith("# ctr results")
+    md = (tmp_path / "results" / "table_ctr.md").read_text()
+    assert md.startswith("# ctr results")
+    # provenance: every ctr run counted, its seeds, and the commit (none recorded in these fake runs)
+    assert "From 6 runs in `runs/`; seeds 0, 1, 2; code commit(s) unknown." in md
+
+
+def test_provenance_reads_the_commits_of_the_runs(tmp_path):
+    fake_runs(tmp_path / "runs")
+    for k, d in enumerate(sorted((tmp_path / "runs").glob("run*_ctr"))):
+        git = {"commit": "abcdef1234567890", "dirty": k == 0}
+        (d / "run_info.json").write_text(json.dumps({"seed": 0, "git": git}))
+    write_tables([tmp_path / "runs"], tmp_path / "results")
+    md = (tmp_path / "results" / "table_ctr.md").read_text()
+    assert "code commit(s) abcdef1, abcdef1+dirty." in md

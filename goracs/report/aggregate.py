@@ -81,14 +81,37 @@ def to_markdown(summary: pd.DataFrame, task: str) -> str:
     return "\n".join(lines) + f"\n\nMean ± std over seeds; best mean per dataset in bold{note}.\n"
 
 
+def provenance(runs: pd.DataFrame, roots: Iterable[str | os.PathLike]) -> str:
+    """One line saying where a table comes from: run count, folders, seeds, and the commits of the runs (read
+    from each run's run_info.json; '+dirty' when a run came from a checkout with uncommitted changes)."""
+    if runs.empty:
+        return ""
+    commits = set()
+    for d in runs["run_dir"]:
+        info = Path(d) / "run_info.json"
+        try:
+            git = json.loads(info.read_text()).get("git") or {}
+        except (OSError, json.JSONDecodeError):
+            git = {}
+        c = git.get("commit")
+        commits.add(f"{c[:7]}{'+dirty' if git.get('dirty') else ''}" if c else "unknown")
+    seeds = sorted({int(s) for s in runs["seed"].dropna()}) if "seed" in runs else []
+    folders = ", ".join(f"`{Path(r).name}/`" for r in roots)
+    return (f"From {len(runs)} runs in {folders}; seeds {', '.join(map(str, seeds)) or '-'}; "
+            f"code commit(s) {', '.join(sorted(commits))}.\n\n")
+
+
 def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
     """Write table_<task>.md and table_<task>.csv for both tasks; returns the summaries."""
+    roots = list(roots)
     runs = collect(roots)
     out_dir = Path(out_dir)
     out = {}
     for task in METRICS:
         s = summarise(runs, task) if not runs.empty else pd.DataFrame()
-        write_text(out_dir / f"table_{task}.md", f"# {task} results\n\n" + to_markdown(s, task))
+        part = runs[runs["task"] == task] if not runs.empty else runs
+        write_text(out_dir / f"table_{task}.md", f"# {task} results\n\n" + provenance(part, roots)
+                   + to_markdown(s, task))
         with atomic_path(out_dir / f"table_{task}.csv") as tmp:
             s.to_csv(tmp, index=False)
         out[task] = s
