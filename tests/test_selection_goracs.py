@@ -299,7 +299,8 @@ def test_selector_bad_input():
         GoracsSelector(cut_num=0)
 
 
-def test_lazy_outer_ranking_equals_full_rescore():
+@pytest.mark.parametrize("L", [128, 3])
+def test_lazy_outer_ranking_equals_full_rescore(L):
     from goracs.selection.itra import _LazyOuter, _outer_scores
     from goracs.selection.ot import ceil_div, ctransform
     X, Y, g = _clusters(300, 60, seed=11)
@@ -308,8 +309,9 @@ def test_lazy_outer_ranking_equals_full_rescore():
     es = ExchangeSolver(C, rows)
     R = ceil_div(60, 12)
     lazy = _LazyOuter(C, R, 12)
+    lazy.L = L  # per-row bound exact on L columns (3: mostly the shift bound; 128 > M: exact everywhere)
     rng = np.random.default_rng(0)
-    for _ in range(6):
+    for _ in range(12):
         f1 = ctransform(C, es.rows, es.u)[0]
         in_s = np.zeros(300, bool)
         in_s[es.rows] = True
@@ -400,3 +402,34 @@ def test_flow_cost_from_lists_equals_full_scan():
         for j in range(24):
             if es.scnt[j] >= 0:
                 assert sorted(es.slist[j, :es.scnt[j]]) == list(np.flatnonzero(es.X[j]))
+
+
+def test_row_slack_bounds_the_drop_of_every_outer_score():
+    # Block-structured dual moves (most columns drift together, a cluster of columns does not) are where the
+    # row-independent shift bound is loose; the per-row bound must stay valid there and never be looser.
+    from goracs.selection.itra import _LazyOuter, _row_slack, _shift_slack, _tight_scores_y
+    rng = np.random.default_rng(14)
+    N, M, n = 300, 60, 12
+    R = -(-M // n)
+    C = rng.random((N, M)).astype(np.float32)
+    lazy = _LazyOuter(C, R, n)
+    lazy.L = 8
+    f0 = rng.normal(size=M) * 0.2
+    in_s = np.zeros(N, bool)
+    lazy._full(f0, in_s, 10)
+    allrows = np.arange(N, dtype=np.int64)
+    for trial in range(20):
+        f = f0 - 0.4 + rng.normal(size=M) * 0.01
+        blk = rng.choice(M, size=int(rng.integers(1, 12)), replace=False)
+        f[blk] = f0[blk] + rng.normal(size=len(blk)) * 0.05  # a cluster the drift missed
+        lazy.nf = 1
+        sl, cb = _row_slack(C, allrows, lazy.ys, lazy.epoch, lazy.fs, f, *lazy._row_bound_setup(f), n)
+        F1, _ = _tight_scores_y(C, f, R, n, allrows)
+        assert (F1 >= lazy.scores - sl).all()
+        assert (sl <= _shift_slack(f - f0, n) + 1e-12).all()  # never looser than the shift bound
+        # the re-based value is G(y + c; f) minus the margin, below the exact G at that y
+        for o in range(0, N, 37):
+            d = C[o].astype(np.float64) - f
+            y = lazy.ys[o] + cb[o]
+            G = y / n + np.minimum(d - y, 0).sum() / M
+            assert lazy.scores[o] - sl[o] <= G + 1e-15

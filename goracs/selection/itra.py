@@ -230,6 +230,12 @@ def greedy_init(C: np.ndarray, n: int, *, lazy: bool = True, progress: bool = Fa
 @nb.njit(cache=True)
 def _mi_from_d(d, R, n, largest):
     """F(y) = y/n + mean_j min(d_j - y, 0) at y = the R-th smallest (tight) or R-th largest (reference) d."""
+    return _mi_from_d_y(d, R, n, largest)[0]
+
+
+@nb.njit(cache=True)
+def _mi_from_d_y(d, R, n, largest):
+    """_mi_from_d and the y it used: (F, y)."""
     M = d.shape[0]
     if largest:
         kth = M - R
@@ -269,12 +275,18 @@ def _mi_from_d(d, R, n, largest):
             e = d[j] - y
             if e < 0.0:
                 s += e
-    return y / n + s / M
+    return y / n + s / M, y
 
 
 @nb.njit(cache=True)
 def _mi_tight_row(C, o, f, fl2, arg, cnt, k, R, n):
     """Tight F for row o of C against f (or, with k >= 0, against f leaving slot k out), in one pass."""
+    return _mi_tight_row_y(C, o, f, fl2, arg, cnt, k, R, n)[0]
+
+
+@nb.njit(cache=True)
+def _mi_tight_row_y(C, o, f, fl2, arg, cnt, k, R, n):
+    """_mi_tight_row and its maximiser y (the R-th smallest C_oj - f_j): (F, y)."""
     # Fused: no d array and no running total (the tight value needs only the R smallest d), so the scan is
     # one subtraction and one rarely-taken compare per column.
     M = f.shape[0]
@@ -296,7 +308,7 @@ def _mi_tight_row(C, o, f, fl2, arg, cnt, k, R, n):
         e = buf[t] - y
         if e < 0.0:
             s += e
-    return y / n + s / M
+    return y / n + s / M, y
 
 
 @nb.njit(cache=True)
@@ -336,6 +348,67 @@ def _outer_scores_subset(C, f, R, n, largest, cand):
     return out
 
 
+@nb.njit(cache=True)
+def _tight_scores_y(C, f, R, n, cand):
+    """Tight outer scores of the rows `cand` and their maximisers y (same arithmetic as _outer_scores)."""
+    M = C.shape[1]
+    out = np.empty(cand.shape[0])
+    ys = np.empty(cand.shape[0])
+    d = np.empty(M)
+    dummy = np.zeros(1, np.int64)
+    for t in range(cand.shape[0]):
+        o = cand[t]
+        if R <= 32:
+            out[t], ys[t] = _mi_tight_row_y(C, o, f, f, dummy, dummy, -1, R, n)
+            continue
+        for j in range(M):
+            d[j] = float(C[o, j]) - f[j]
+        out[t], ys[t] = _mi_from_d_y(d, R, n, False)
+    return out, ys
+
+
+@nb.njit(cache=True)
+def _row_slack(C, rows, ys, epoch, fs, f, J, cs, base, n):
+    """Per-row drop bound of the tight score since each row's epoch, exact on the columns where f rose most.
+
+    For row o scored at f_e with maximiser y_o, and any shift c, with a_j = C_oj - f_e,j - y_o and
+    b_j = f_j - f_e,j + c:  F_o(f) >= G(y_o + c; f) = F_o(f_e) + c/n - mean_j [min(a_j, 0) - min(a_j - b_j, 0)].
+    Each bracket is at most max(b_j, 0) (the row-independent _shift_slack bound); on the L columns J[e] where f
+    rose most it is evaluated exactly, and it is 0 wherever a_j >= b_j, i.e. for the rows far from those
+    columns. base[e, c] holds the sum of max(b_j, 0) over the other columns. Returns the slack per row, i.e.
+    the smallest over the candidate shifts of mean_j [...] - c/n, plus a margin for float rounding, and the
+    shift c that attains it.
+    """
+    M = f.shape[0]
+    L = J.shape[1]
+    out = np.empty(rows.shape[0])
+    cbest = np.empty(rows.shape[0])
+    a = np.empty(L)
+    for t in range(rows.shape[0]):
+        o = rows[t]
+        e = epoch[o]
+        y = ys[o]
+        for q in range(L):
+            j = J[e, q]
+            a[q] = float(C[o, j]) - fs[e, j] - y
+        best = np.inf
+        bc = 0.0
+        for ci in range(cs.shape[1]):
+            c = cs[e, ci]
+            s = base[e, ci]
+            for q in range(L):
+                j = J[e, q]
+                b = f[j] - fs[e, j] + c
+                s += min(a[q], 0.0) - min(a[q] - b, 0.0)
+            v = s / M - c / n
+            if v < best:
+                best = v
+                bc = c
+        out[t] = best + 1e-12
+        cbest[t] = bc
+    return out, cbest
+
+
 def _shift_slack(delta: np.ndarray, n: int):
     """min over c of mean_j max(delta_j + c, 0) - c/n (per row of a 2-d delta): how far any F_o can drop."""
     # F(f + c) = F(f) - c/n (y shifts with f), so F(f') >= F(f) - mean_j max(f'_j + c - f_j, 0) + c/n for
@@ -362,26 +435,62 @@ class _LazyOuter:
     _shift_slack(f - f_old) when f_old becomes f; so a score taken at f_old minus that amount is a lower bound,
     and rows are re-scored in increasing bound order until the bound exceeds the k-th best exact score. Each
     row remembers the round (epoch) of its last score, so a row re-scored recently gets the small slack of the
-    recent change, not the slack accumulated since the last full score. The top k and their order (value,
-    then row index) are the same as with a full re-score.
+    recent change, not the slack accumulated since the last full score. A row whose row-independent bound does
+    not clear the k-th best score gets a second, per-row bound (_row_slack: exact on the columns where f rose
+    most, which usually matter only to the few rows near them) before it is re-scored. The top k and their
+    order (value, then row index) are the same as with a full re-score.
     """
 
     MAX_EPOCHS = 64
+    L = 128  # columns per epoch on which the per-row bound is exact
 
     def __init__(self, C, R, n):
         self.C, self.R, self.n = C, R, n
         self.scores = None
         self.full = 0
         self.partial_rows = 0
+        self.refined_rows = 0
 
     def _full(self, f, in_s, k):
-        self.scores = _outer_scores(self.C, f, self.R, self.n, False, in_s)
-        self.epoch = np.zeros(self.C.shape[0], np.int32)
+        N = self.C.shape[0]
+        cand = np.flatnonzero(~in_s).astype(np.int64)
+        self.scores = np.full(N, np.inf)
+        self.ys = np.zeros(N)  # each row's maximiser y at its epoch, for the per-row bound
+        self.scores[cand], self.ys[cand] = _tight_scores_y(self.C, f, self.R, self.n, cand)
+        self.epoch = np.zeros(N, np.int32)
         self.fs = np.empty((self.MAX_EPOCHS, len(f)))
         self.fs[0] = f
         self.nf = 1
         self.full += 1
         return np.argsort(self.scores, kind="stable")[:k]
+
+    def _row_bound_setup(self, f):
+        """Per epoch: the L columns where f rose most, candidate shifts c, and the sum of max(b_j, 0) over
+        the other columns (see _row_slack)."""
+        # The duals move in blocks: an exchange whose searches settle most of the graph lowers f by about the
+        # same amount on most columns but not on a cluster the searches never reached, so f rises by ~0.4
+        # relative to the rest on ~100 columns. No common shift fits both; the per-row bound takes those
+        # columns exactly, and the shifts c = -(k-th largest rise) with k up to L + 1 (the other columns then
+        # have b_j <= 0: base = 0) let it use the common drift of the rest.
+        D = f[None, :] - self.fs[:self.nf]
+        M = D.shape[1]
+        L = min(self.L, M)
+        J = np.ascontiguousarray(np.argpartition(-D, L - 1, axis=1)[:, :L]).astype(np.int64)
+        K = min(M, L + 1)
+        top = -np.sort(-np.partition(D, M - K, axis=1)[:, M - K:], axis=1)  # the K largest rises, descending
+        R = self.R
+        ks = sorted({max(1, min(K, k)) for k in (R - 1, R, R + 1, 2 * R, L // 4, L // 2, 3 * L // 4, L, L + 1)})
+        cs = np.concatenate([np.zeros((self.nf, 1)), -top[:, [k - 1 for k in ks]]], axis=1)
+        Dm = D.copy()
+        np.put_along_axis(Dm, J, -np.inf, axis=1)
+        base = np.stack([np.maximum(Dm + cs[:, [i]], 0.0).sum(axis=1) for i in range(cs.shape[1])], axis=1)
+        return J, np.ascontiguousarray(cs), np.ascontiguousarray(base)
+
+    @staticmethod
+    def _order(lb, N):
+        m = min(N, 4096)
+        order = np.argpartition(lb, m - 1)[:m] if m < N else np.arange(N)
+        return order[np.lexsort((order, lb[order]))]  # the m smallest bounds, in order
 
     def top(self, f, in_s, k):
         C = self.C
@@ -393,13 +502,12 @@ class _LazyOuter:
         lb[in_s] = np.inf
         # rows that were in S when last scored have no score: always re-score them
         lb[np.isinf(self.scores) & ~in_s] = -np.inf
-        m = min(N, 4096)
-        order = np.argpartition(lb, m - 1)[:m] if m < N else np.arange(N)
-        order = order[np.lexsort((order, lb[order]))]  # the m smallest bounds, in order
-        cand_rows, cand_sc = [], []
+        order = self._order(lb, N)
+        cand_rows, cand_sc, cand_y = [], [], []
         tau = np.inf
         pos = 0
         step = max(64, 2 * k)
+        refined = False
         while True:
             if pos >= len(order):
                 if len(order) == N:
@@ -412,11 +520,42 @@ class _LazyOuter:
             b = lb[order[pos]]
             if b > tau or b == np.inf:  # no remaining row can enter the top k (or all are in S)
                 break
+            if tau < np.inf and not refined:
+                # Once a k-th best exact score exists: one pass of the per-row bound over every row whose
+                # row-independent bound does not clear it. A row keeps the better bound as its new score, at
+                # this round's epoch (it is G(y_o + c; f) for this f, minus the margin: a valid lower bound of F_o
+                # of the kind the bounds need), so it is not refined again next round.
+                refined = True
+                need = np.flatnonzero(lb <= tau)
+                need = need[np.isfinite(self.scores[need])]
+                if len(need):
+                    setup = self._row_bound_setup(f)
+                    sl, cb = _row_slack(C, need.astype(np.int64), self.ys, self.epoch, self.fs, f, *setup, self.n)
+                    nlb = self.scores[need] - sl
+                    better = nlb > lb[need]
+                    idx = need[better]
+                    lb[idx] = nlb[better]
+                    self.scores[idx] = nlb[better]
+                    self.ys[idx] += cb[better]
+                    self.epoch[idx] = self.nf
+                    self.refined_rows += len(need)
+                if cand_rows:  # rows scored already this round are candidates: keep them out of the order
+                    lb_done = np.concatenate(cand_rows)
+                    saved = lb[lb_done].copy()
+                    lb[lb_done] = np.inf
+                    order = self._order(lb, N)
+                    lb[lb_done] = saved
+                    order = order[~np.isin(order, lb_done)]  # (only needed if fewer than m rows remain)
+                else:
+                    order = self._order(lb, N)
+                pos = 0
+                continue
             blk = order[pos:pos + step]
             blk = blk[(lb[blk] <= tau) & ~in_s[blk]]  # rows of S (bound +inf) are never candidates
-            ex = _outer_scores_subset(C, f, self.R, self.n, False, blk.astype(np.int64))
+            ex, ey = _tight_scores_y(C, f, self.R, self.n, blk.astype(np.int64))
             cand_rows.append(blk)
             cand_sc.append(ex)
+            cand_y.append(ey)
             pos += step
             allsc = np.concatenate(cand_sc)
             if len(allsc) >= k:
@@ -426,6 +565,7 @@ class _LazyOuter:
         self.partial_rows += len(rows)
         # keep the fresh scores with this round's f
         self.scores[rows] = ex
+        self.ys[rows] = np.concatenate(cand_y)
         self.epoch[rows] = self.nf
         self.fs[self.nf] = f
         self.nf += 1
