@@ -433,3 +433,41 @@ def test_row_slack_bounds_the_drop_of_every_outer_score():
             y = lazy.ys[o] + cb[o]
             G = y / n + np.minimum(d - y, 0).sum() / M
             assert lazy.scores[o] - sl[o] <= G + 1e-15
+
+
+def test_fused_certificate_sweep_equals_separate_passes():
+    from goracs.selection.ot import _certify_ctransform, _min_reduced_cost, ctransform
+    rng = np.random.default_rng(15)
+    C = rng.random((40, 23)).astype(np.float32)
+    C[3, :5] = C[7, :5]  # ties in the column minima
+    rows = np.array([3, 7, 11, 20, 31, 39])
+    u = rng.normal(size=6) * 0.1
+    u[1] = u[0]  # rows 3 and 7 tie on their shared columns
+    for trial in range(3):
+        v = np.min(C[rows] - u[:, None], axis=0) + (rng.normal(size=23) * 0.05 if trial else 0.0)
+        lists = [(np.full((6, 30), -1, np.int64), np.zeros(6, np.int64), np.zeros((6, 30))) for _ in range(2)]
+        a = _min_reduced_cost(C, rows, u, v, 1e-12, *lists[0])
+        f1, f2, arg = np.empty(23), np.empty(23), np.empty(23, np.int64)
+        b = _certify_ctransform(C, rows, u, v, 1e-12, *lists[1], f1, f2, arg)
+        assert a == b
+        for x, y in zip(lists[0], lists[1]):
+            np.testing.assert_array_equal(x, y)
+        g1, g2, ga, gc = ctransform(C, rows, u)
+        np.testing.assert_array_equal(g1, f1)
+        np.testing.assert_array_equal(g2, f2)
+        np.testing.assert_array_equal(ga, arg)
+        np.testing.assert_array_equal(gc == 1, f2 > f1)
+        assert (gc > 1).any()
+
+
+def test_inner_scores_equal_per_slot_leave_one_out():
+    from goracs.selection.itra import _inner_scores, _mi_tight_row
+    from goracs.selection.ot import ctransform
+    rng = np.random.default_rng(16)
+    C = rng.random((50, 31)).astype(np.float32)
+    rows = np.arange(0, 50, 5)
+    f1, f2, arg, cnt = ctransform(C, rows, rng.normal(size=10) * 0.1)
+    R = 4
+    got = _inner_scores(C, rows, f1, f2, arg, cnt, R, False, True)
+    want = [_mi_tight_row(C, int(rows[k]), f1, f2, arg, cnt, k, R, 10) for k in range(10)]
+    np.testing.assert_array_equal(got, want)

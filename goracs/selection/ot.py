@@ -398,6 +398,65 @@ def _min_reduced_cost(C, rows, u, v, tol, sp, splen, spc):
 
 
 @nb.njit(cache=True)
+def _certify_ctransform(C, rows, u, v, tol, sp, splen, spc, f1, f2, arg):
+    """_min_reduced_cost and ctransform's (f1, f2, arg) in one sweep over C[rows] (same arithmetic as both).
+
+    The certificate is done on every candidate exchange and the next round needs the c-transform of the
+    accepted one, so reading each selected row once serves both. The column updates are branch-free selects:
+    f2 = min(f2, max(f1, x)) is the second minimum with multiplicity (equal to f1 on a tie, as ctransform's
+    count), arg keeps the first slot attaining the minimum; slot k is the unique minimiser iff f2 > f1.
+    The row minimum of C - v runs as an integer minimum over order-preserving keys of the float64 bits, which
+    the compiler vectorises (a float min reduction it does not).
+    """
+    n = rows.shape[0]
+    M = v.shape[0]
+    for j in range(M):
+        f1[j] = np.inf
+        f2[j] = np.inf
+        arg[j] = -1
+    tmp = np.empty(M)
+    key = tmp.view(np.int64)
+    best = np.inf
+    for k in range(n):
+        r = rows[k]
+        uk = u[k]
+        for j in range(M):
+            c = float(C[r, j])
+            tmp[j] = c - v[j]
+            x = c - uk
+            a = f1[j]
+            lo = x < a
+            hi = a if lo else x  # max(f1, x)
+            f1[j] = x if lo else a
+            arg[j] = k if lo else arg[j]
+            b = f2[j]
+            f2[j] = hi if hi < b else b
+        m = np.int64(0x7FFFFFFFFFFFFFFF)
+        for j in range(M):
+            q = key[j]
+            q ^= (q >> 63) & np.int64(0x7FFFFFFFFFFFFFFF)  # negative floats: flip the magnitude bits
+            m = min(m, q)
+        m ^= (m >> 63) & np.int64(0x7FFFFFFFFFFFFFFF)
+        key[0] = m
+        bk = tmp[0] - uk  # = _row_min_minus(C, r, v) - uk
+        bj = -1
+        if bk < -tol:  # rare: find the arc, in the same arithmetic as the searches
+            bk = np.inf
+            for j in range(M):
+                rc = float(C[r, j]) - uk - v[j]
+                if rc < bk:
+                    bk = rc
+                    bj = j
+        if bk < best:
+            best = bk
+        if bk < -tol and splen[k] < sp.shape[1]:
+            sp[k, splen[k]] = bj
+            spc[k, splen[k]] = float(C[r, bj])
+            splen[k] += 1
+    return best
+
+
+@nb.njit(cache=True)
 def _sparse_lists(C, rows, v, X, K, extra):
     """Per source: its K smallest-reduced-cost sinks plus its flow arcs, with `extra` free slots (and costs)."""
     n = rows.shape[0]
@@ -556,6 +615,9 @@ class ExchangeSolver:
         self._dummy = (np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
         self._dummy_c = np.zeros((1, 1))
         self._spc = None
+        # c-transform (f1, f2, arg) of the state the last passed certificate checked (see ctransform_current)
+        self._ct = (np.empty(M), np.empty(M), np.empty(M, np.int64))
+        self._ct_ok = False
 
     @property
     def value(self) -> float:
@@ -599,6 +661,7 @@ class ExchangeSolver:
         saved = (self.u.copy(), self.v.copy(), int(self.rows[slot]), self.X[:, slot].copy())
         ok = False
         saved_sp = None
+        self._ct_ok = False
         if self.sparse_k:
             if self._sp is None or self._commits_since_refresh >= 25:
                 self._refresh_sparse()
@@ -628,7 +691,9 @@ class ExchangeSolver:
                     splen[slot] = len(best)
                     refreshed = True
                     continue
-                if _min_reduced_cost(self.C, self.rows, self.u, self.v, 1e-12, sp, splen, self._spc) >= -1e-12:
+                if _certify_ctransform(self.C, self.rows, self.u, self.v, 1e-12, sp, splen, self._spc,
+                                       *self._ct) >= -1e-12:
+                    self._ct_ok = True  # the sweep also left the c-transform of this (final) state
                     break
                 # not certified on the full arc set: the violated arcs were added to the lists; retry
                 self._restore(slot, saved, nlog)
@@ -655,6 +720,7 @@ class ExchangeSolver:
     def rollback(self) -> None:
         """Undo the last exchange."""
         slot, saved, nlog, total, saved_sp = self._pending
+        self._ct_ok = False
         self._restore(slot, saved, nlog)
         if saved_sp is not None:
             sp, splen = self._sp
@@ -663,6 +729,15 @@ class ExchangeSolver:
             self._spc[slot] = saved_sp[2]
         self.total = total
         self._pending = None
+
+    def ctransform_current(self):
+        """ctransform(C, rows, u) of the current state: (f1, f2, arg, cnt), cnt only as 1 = unique minimiser
+        (else 2). Taken from the certificate sweep of the last accepted exchange when there was one (the same
+        values, see _certify_ctransform), otherwise computed."""
+        if not self._ct_ok:
+            return ctransform(self.C, self.rows, self.u)
+        f1, f2, arg = (a.copy() for a in self._ct)
+        return f1, f2, arg, np.where(f2 > f1, 1, 2).astype(np.int64)
 
     def plan(self) -> np.ndarray:
         """Current plan as an (n, M) float array (masses)."""
