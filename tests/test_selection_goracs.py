@@ -471,3 +471,27 @@ def test_inner_scores_equal_per_slot_leave_one_out():
     got = _inner_scores(C, rows, f1, f2, arg, cnt, R, False, True)
     want = [_mi_tight_row(C, int(rows[k]), f1, f2, arg, cnt, k, R, 10) for k in range(10)]
     np.testing.assert_array_equal(got, want)
+
+
+def test_exchange_searches_unchanged_by_the_tight_arc_stack():
+    # The stack for zero-length relaxations must pop exactly what the indexed heap alone pops: same searches,
+    # same settled nodes, same pushes as the heap-only kernel (numbers recorded with it, commit 32a08b9).
+    rng = np.random.default_rng(21)
+    cent = rng.normal(size=(6, 8))
+    E = cent[rng.integers(0, 6, 400)] + 0.6 * rng.normal(size=(400, 8))
+    V = cent[rng.integers(0, 6, 150)] + 0.6 * rng.normal(size=(150, 8))
+    C = ((E[:, None, :] - V[None]) ** 2).sum(-1).astype(np.float32)
+    C /= C.max()
+    rows = rng.choice(400, 30, replace=False)
+    es = ExchangeSolver(C, rows, sparse_k=16)
+    for t in range(40):
+        slot, o = int(rng.integers(30)), int(rng.integers(400))
+        if o in es.rows:
+            continue
+        es.try_exchange(slot, o)
+        if t % 3:
+            es.commit()
+        else:
+            es.rollback()
+    assert es.stats.tolist() == [359, 8358, 39969, 95935, 76, 0]
+    assert es.value == pytest.approx(poo(C[es.rows])[0], abs=1e-12)

@@ -220,6 +220,14 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
     hs = np.empty(V, np.int64)
     hn = np.empty(V, np.int64)
     hpos = np.full(V, -1, np.int64)
+    # Zero-length relaxations (tight arcs: the degenerate plan has many) go to a stack instead of the heap.
+    # Such an entry has the current minimum key and a newer tie-break than anything queued, i.e. it is exactly
+    # what the heap would pop next, and among several the latest first: LIFO. So the pop order (and every
+    # result) is that of the heap alone, at O(1) per tight arc. A node moved to the stack from the heap leaves
+    # a stale heap entry, skipped when popped like any stale entry.
+    snode = np.empty(V, np.int64)
+    skey = np.empty(V)
+    sseq = np.empty(V, np.int64)
     remaining = supply_units
     while remaining > 0:
         for a in range(V):
@@ -236,8 +244,14 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
         ntar = 0
         cum = 0
         D = 0.0
-        while size > 0:
-            key, node, size = _ih_pop(hk, hs, hn, hpos, size)
+        ssize = 0
+        while size > 0 or ssize > 0:
+            if ssize > 0 and (size == 0 or _less(skey[ssize - 1], sseq[ssize - 1], hk[0], hs[0])):
+                ssize -= 1
+                node = snode[ssize]
+                key = skey[ssize]
+            else:
+                key, node, size = _ih_pop(hk, hs, hn, hpos, size)
             if settled[node] or key > dist[node]:
                 continue
             settled[node] = True
@@ -272,7 +286,13 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
                         if nd < dist[k]:
                             dist[k] = nd
                             pred[k] = node
-                            size = _ih_update(hk, hs, hn, hpos, size, nd, seq, k)
+                            if nd == key:
+                                snode[ssize] = k
+                                skey[ssize] = nd
+                                sseq[ssize] = seq
+                                ssize += 1
+                            else:
+                                size = _ih_update(hk, hs, hn, hpos, size, nd, seq, k)
                             seq += 1
             else:
                 k = node
@@ -291,7 +311,13 @@ def _exchange_kernel(C, rows, u, v, X, slot, o, log_j, log_k, log_old, stats, sp
                         if nd < dist[a]:
                             dist[a] = nd
                             pred[a] = k
-                            size = _ih_update(hk, hs, hn, hpos, size, nd, seq, a)
+                            if nd == key:
+                                snode[ssize] = a
+                                skey[ssize] = nd
+                                sseq[ssize] = seq
+                                ssize += 1
+                            else:
+                                size = _ih_update(hk, hs, hn, hpos, size, nd, seq, a)
                             seq += 1
         stats[0] += 1
         stats[3] += seq
