@@ -464,15 +464,25 @@ class _LazyOuter:
         self.full += 1
         return np.argsort(self.scores, kind="stable")[:k]
 
-    def _row_bound_setup(self, f):
+    def _row_bound_setup(self, f, epochs=None):
         """Per epoch: the L columns where f rose most, candidate shifts c, and the sum of max(b_j, 0) over
-        the other columns (see _row_slack)."""
+        the other columns (see _row_slack). With `epochs`, only those rows of the tables are filled."""
+        if epochs is not None:
+            J0, cs0, base0 = self._row_bound_setup_rows(f, epochs)
+            J = np.zeros((self.nf, J0.shape[1]), np.int64)
+            cs = np.zeros((self.nf, cs0.shape[1]))
+            base = np.zeros((self.nf, cs0.shape[1]))
+            J[epochs], cs[epochs], base[epochs] = J0, cs0, base0
+            return J, cs, base
+        return self._row_bound_setup_rows(f, np.arange(self.nf))
+
+    def _row_bound_setup_rows(self, f, epochs):
         # The duals move in blocks: an exchange whose searches settle most of the graph lowers f by about the
         # same amount on most columns but not on a cluster the searches never reached, so f rises by ~0.4
         # relative to the rest on ~100 columns. No common shift fits both; the per-row bound takes those
         # columns exactly, and the shifts c = -(k-th largest rise) with k up to L + 1 (the other columns then
         # have b_j <= 0: base = 0) let it use the common drift of the rest.
-        D = f[None, :] - self.fs[:self.nf]
+        D = f[None, :] - self.fs[epochs]
         M = D.shape[1]
         L = min(self.L, M)
         J = np.ascontiguousarray(np.argpartition(-D, L - 1, axis=1)[:, :L]).astype(np.int64)
@@ -481,7 +491,7 @@ class _LazyOuter:
         R = self.R
         # (at 15k, over 100 rounds, k = L wins for 85 % of the rows, L + 1, 3L/4 and c = 0 for most of the rest)
         ks = sorted({max(1, min(K, k)) for k in (R, L // 2, 3 * L // 4, L, L + 1)})
-        cs = np.concatenate([np.zeros((self.nf, 1)), -top[:, [k - 1 for k in ks]]], axis=1)
+        cs = np.concatenate([np.zeros((len(epochs), 1)), -top[:, [k - 1 for k in ks]]], axis=1)
         Dm = D.copy()
         np.put_along_axis(Dm, J, -np.inf, axis=1)
         base = np.stack([np.maximum(Dm + cs[:, [i]], 0.0).sum(axis=1) for i in range(cs.shape[1])], axis=1)
@@ -530,7 +540,7 @@ class _LazyOuter:
                 need = np.flatnonzero(lb <= tau)
                 need = need[np.isfinite(self.scores[need])]
                 if len(need):
-                    setup = self._row_bound_setup(f)
+                    setup = self._row_bound_setup(f, np.unique(self.epoch[need]))  # epochs in use only
                     sl, cb = _row_slack(C, need.astype(np.int64), self.ys, self.epoch, self.fs, f, *setup, self.n)
                     nlb = self.scores[need] - sl
                     better = nlb > lb[need]
