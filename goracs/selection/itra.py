@@ -508,7 +508,9 @@ class _LazyOuter:
         N = C.shape[0]
         if self.scores is None or self.nf >= self.MAX_EPOCHS:
             return self._full(f, in_s, k)
-        slack = _shift_slack(f[None, :] - self.fs[:self.nf], self.n)
+        used = np.flatnonzero(np.bincount(self.epoch, minlength=self.nf))  # epochs some row still carries
+        slack = np.zeros(self.nf)
+        slack[used] = _shift_slack(f[None, :] - self.fs[used], self.n)
         lb = self.scores - slack[self.epoch]
         lb[in_s] = np.inf
         # rows that were in S when last scored have no score: always re-score them

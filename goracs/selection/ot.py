@@ -59,8 +59,10 @@ def _less(k1, s1, k2, s2):
 
 @nb.njit(cache=True)
 def _ih_sift_up(hk, hs, hn, pos, i):
+    # 4-ary: half the depth of a binary heap (the pop order is the same: every entry has a distinct
+    # (key, tie-break) pair, so any correct heap pops the same sequence)
     while i > 0:
-        p = (i - 1) >> 1
+        p = (i - 1) >> 2
         if _less(hk[i], hs[i], hk[p], hs[p]):
             hk[i], hk[p] = hk[p], hk[i]
             hs[i], hs[p] = hs[p], hs[i]
@@ -100,13 +102,14 @@ def _ih_pop(hk, hs, hn, pos, size):
         pos[hn[0]] = 0
         i = 0
         while True:
-            l = 2 * i + 1
+            l = 4 * i + 1
             if l >= size:
                 break
             c = l
-            r = l + 1
-            if r < size and _less(hk[r], hs[r], hk[l], hs[l]):
-                c = r
+            e = min(l + 4, size)
+            for r in range(l + 1, e):
+                if _less(hk[r], hs[r], hk[c], hs[c]):
+                    c = r
             if _less(hk[c], hs[c], hk[i], hs[i]):
                 hk[i], hk[c] = hk[c], hk[i]
                 hs[i], hs[c] = hs[c], hs[i]
@@ -487,11 +490,23 @@ def _sparse_lists(C, rows, v, X, K, extra):
     """Per source: its K smallest-reduced-cost sinks plus its flow arcs, with `extra` free slots (and costs)."""
     n = rows.shape[0]
     M = v.shape[0]
+    # Each source's flow arcs in increasing sink order, gathered row by row of X (a column scan of X per source
+    # reads it with a stride of n entries).
     deg = np.zeros(n, np.int64)
     for j in range(M):
         for k in range(n):
             if X[j, k] > 0:
                 deg[k] += 1
+    fstart = np.zeros(n + 1, np.int64)
+    for k in range(n):
+        fstart[k + 1] = fstart[k] + deg[k]
+    flows = np.empty(fstart[n], np.int64)
+    fill = fstart[:n].copy()
+    for j in range(M):
+        for k in range(n):
+            if X[j, k] > 0:
+                flows[fill[k]] = j
+                fill[k] += 1
     W = K + deg.max() + extra
     sp = np.full((n, W), -1, np.int64)
     spc = np.zeros((n, W))
@@ -509,8 +524,9 @@ def _sparse_lists(C, rows, v, X, K, extra):
                 sp[k, m] = j
                 mark[j] = True
                 m += 1
-        for j in range(M):
-            if X[j, k] > 0 and not mark[j]:
+        for t in range(fstart[k], fstart[k + 1]):
+            j = flows[t]
+            if not mark[j]:
                 sp[k, m] = j
                 m += 1
         for t in range(m):
