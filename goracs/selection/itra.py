@@ -368,7 +368,7 @@ def _tight_scores_y(C, f, R, n, cand):
 
 
 @nb.njit(cache=True)
-def _row_slack(C, rows, ys, epoch, fs, f, J, cs, base, n):
+def _row_slack(C, rows, ys, epoch, fs, f, J, cs, base, n, room):
     """Per-row drop bound of the tight score since each row's epoch, exact on the columns where f rose most.
 
     For row o scored at f_e with maximiser y_o, and any shift c, with a_j = C_oj - f_e,j - y_o and
@@ -376,11 +376,21 @@ def _row_slack(C, rows, ys, epoch, fs, f, J, cs, base, n):
     Each bracket is at most max(b_j, 0) (the row-independent _shift_slack bound); on the L columns J[e] where f
     rose most it is evaluated exactly, and it is 0 wherever a_j >= b_j, i.e. for the rows far from those
     columns. base[e, c] holds the sum of max(b_j, 0) over the other columns. Returns the slack per row, i.e.
-    the smallest over the candidate shifts of mean_j [...] - c/n, plus a margin for float rounding, and the
-    shift c that attains it.
+    mean_j [...] - c/n plus a margin for float rounding, and the shift c used: the smallest over the candidate
+    shifts, or the first (in the order of cs) whose slack is below room[t] (the row then clears the caller's
+    threshold and a smaller slack would not change that).
     """
     M = f.shape[0]
     L = J.shape[1]
+    ne = J.shape[0]
+    # per epoch, the J columns' f_e and rise f - f_e, so the row loop reads them in order
+    fsJ = np.empty((ne, L))
+    dJ = np.empty((ne, L))
+    for e in range(ne):
+        for q in range(L):
+            j = J[e, q]
+            fsJ[e, q] = fs[e, j]
+            dJ[e, q] = f[j] - fs[e, j]
     out = np.empty(rows.shape[0])
     cbest = np.empty(rows.shape[0])
     a = np.empty(L)
@@ -389,22 +399,22 @@ def _row_slack(C, rows, ys, epoch, fs, f, J, cs, base, n):
         e = epoch[o]
         y = ys[o]
         for q in range(L):
-            j = J[e, q]
-            a[q] = float(C[o, j]) - fs[e, j] - y
+            a[q] = float(C[o, J[e, q]]) - fsJ[e, q] - y
         best = np.inf
         bc = 0.0
         for ci in range(cs.shape[1]):
             c = cs[e, ci]
             s = base[e, ci]
             for q in range(L):
-                j = J[e, q]
-                b = f[j] - fs[e, j] + c
+                b = dJ[e, q] + c
                 s += min(a[q], 0.0) - min(a[q] - b, 0.0)
-            v = s / M - c / n
+            v = s / M - c / n + 1e-12
             if v < best:
                 best = v
                 bc = c
-        out[t] = best + 1e-12
+                if v < room[t]:
+                    break
+        out[t] = best
         cbest[t] = bc
     return out, cbest
 
@@ -490,8 +500,8 @@ class _LazyOuter:
         top = -np.sort(-np.partition(D, M - K, axis=1)[:, M - K:], axis=1)  # the K largest rises, descending
         R = self.R
         # (at 15k, over 100 rounds, k = L wins for 85 % of the rows, L + 1, 3L/4 and c = 0 for almost all the rest)
-        ks = sorted({max(1, min(K, k)) for k in (R, 3 * L // 4, L, L + 1)})
-        cs = np.concatenate([np.zeros((len(epochs), 1)), -top[:, [k - 1 for k in ks]]], axis=1)
+        ks = list(dict.fromkeys(max(1, min(K, k)) for k in (L, L + 1, 3 * L // 4, R)))  # likeliest first
+        cs = np.concatenate([-top[:, [k - 1 for k in ks]], np.zeros((len(epochs), 1))], axis=1)
         Dm = D.copy()
         np.put_along_axis(Dm, J, -np.inf, axis=1)
         base = np.stack([np.maximum(Dm + cs[:, [i]], 0.0).sum(axis=1) for i in range(cs.shape[1])], axis=1)
@@ -543,8 +553,10 @@ class _LazyOuter:
                 need = need[np.isfinite(self.scores[need])]
                 if len(need):
                     setup = self._row_bound_setup(f, np.unique(self.epoch[need]))  # epochs in use only
-                    sl, cb = _row_slack(C, need.astype(np.int64), self.ys, self.epoch, self.fs, f, *setup, self.n)
-                    nlb = self.scores[need] - sl
+                    sc_need = self.scores[need]
+                    sl, cb = _row_slack(C, need.astype(np.int64), self.ys, self.epoch, self.fs, f, *setup, self.n,
+                                        sc_need - tau)
+                    nlb = sc_need - sl
                     better = nlb > lb[need]
                     idx = need[better]
                     lb[idx] = nlb[better]
