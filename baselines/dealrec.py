@@ -117,6 +117,22 @@ def _chunks(n: int, chunk: int):
     return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
 
 
+BLOCK_FLOATS = 1 << 21  # 8 MB of float32 per (rows x n_items) logits block
+
+
+def block_rows(chunk: int | str, n_items: int) -> int:
+    """Rows per logits block. 'auto' keeps a block at about 8 MB: glibc then reuses heap memory for the several
+    block-sized temporaries of every pass, whereas blocks above its 32 MB mmap ceiling are mapped and unmapped
+    each time, and page faults cost as much CPU as the arithmetic (measured at the Games size: 4,096-row blocks
+    x 16,804 items spent 1,178 s in the kernel against 1,222 s of user time)."""
+    if chunk == "auto":
+        return max(16, BLOCK_FLOATS // max(1, int(n_items)))
+    try:
+        return check_positive_int("chunk", chunk)
+    except (TypeError, ValueError):
+        raise ValueError(f"chunk must be a positive integer or 'auto', got {chunk!r}") from None
+
+
 def head_loss_grad(W: torch.Tensor, F: torch.Tensor, E: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
                    chunk: int = 4096) -> tuple[float, torch.Tensor]:
     """Weighted mean cross-entropy sum_i w_i CE_i / N and its gradient in W, in row chunks."""
@@ -224,7 +240,7 @@ class DEALRecSelector(Selector):
     def __init__(self, lam: float = 0.3, k: int = 50, hard_prune: float = 0.1, hidden: int = 64,
                  n_blocks: int = 2, n_heads: int = 2, dropout: float = 0.5, max_len: int = 50, epochs: int = 5,
                  lr: float = 1e-3, batch_size: int = 500, reg: float = 0.01, refit_iters: int = 30,
-                 cg_iters: int = 30, chunk: int = 4096, progress: bool = False):
+                 cg_iters: int = 30, chunk: int | str = "auto", progress: bool = False):
         if not np.isfinite(float(lam)) or float(lam) < 0:
             raise ValueError(f"lam must be a finite non-negative number, got {lam!r}")
         if not float(reg) > 0:
@@ -244,7 +260,8 @@ class DEALRecSelector(Selector):
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.refit_iters, self.cg_iters = check_positive_int("refit_iters", refit_iters), \
             check_positive_int("cg_iters", cg_iters)
-        self.chunk, self.progress = check_positive_int("chunk", chunk), bool(progress)
+        block_rows(chunk, 1)  # validates
+        self.chunk, self.progress = chunk, bool(progress)
 
     @staticmethod
     def read_extra(signals: Signals) -> tuple[list, np.ndarray, int]:
@@ -280,10 +297,11 @@ class DEALRecSelector(Selector):
             E = model.item_matrix().detach().clone()
         y = torch.from_numpy(targets)
         t1 = time.perf_counter()
-        W = fit_head(model.head.weight.detach(), F, E, y, self.reg, iters=self.refit_iters, chunk=self.chunk,
+        rows = block_rows(self.chunk, n_items)
+        W = fit_head(model.head.weight.detach(), F, E, y, self.reg, iters=self.refit_iters, chunk=rows,
                      progress=self.progress)
         t_refit = time.perf_counter() - t1
-        infl, rep = influence_scores(W, F, E, y, self.reg, self.cg_iters, self.chunk, progress=self.progress)
+        infl, rep = influence_scores(W, F, E, y, self.reg, self.cg_iters, rows, progress=self.progress)
         rep.update({"surrogate_train_s": t_train, "refit_s": t_refit,
                     "influence_s": time.perf_counter() - t0 - t_train})
         return infl, rep

@@ -254,3 +254,25 @@ def test_dealrec_input_errors():
         DEALRecSelector(reg=0)
     with pytest.raises(ValueError, match="n_heads"):
         DEALRecSelector(hidden=10, n_heads=3)
+    with pytest.raises(ValueError, match="chunk must be a positive integer or 'auto'"):
+        DEALRecSelector(chunk="big")
+
+
+def test_dealrec_blocks_are_small_and_do_not_change_the_passes():
+    # 'auto' keeps a logits block near 8 MB (large blocks page-fault on every pass); any block size gives the
+    # same loss, gradient and Hessian-vector product
+    import torch
+
+    from baselines.dealrec import block_rows, head_hvp, head_loss_grad
+    assert block_rows("auto", 16_804) * 16_804 * 4 <= 8 * 2 ** 20 and block_rows("auto", 16_804) >= 100
+    assert block_rows("auto", 3) > 10_000 and block_rows(7, 16_804) == 7
+    g = torch.Generator().manual_seed(0)
+    F, E = torch.randn(300, 6, generator=g, dtype=torch.float64), torch.randn(40, 6, generator=g, dtype=torch.float64)
+    W, y, w = torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randint(40, (300,), generator=g), \
+        torch.rand(300, generator=g, dtype=torch.float64)
+    ref = head_loss_grad(W, F, E, y, w, chunk=300)
+    for rows in (1, 17, block_rows("auto", 40)):
+        loss, grad = head_loss_grad(W, F, E, y, w, chunk=rows)
+        assert np.isclose(loss, ref[0], rtol=1e-12) and torch.allclose(grad, ref[1], rtol=1e-10)
+        assert torch.allclose(head_hvp(grad, W, F, E, 0.01, chunk=rows), head_hvp(grad, W, F, E, 0.01, chunk=300),
+                              rtol=1e-10)
