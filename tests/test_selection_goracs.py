@@ -437,28 +437,35 @@ def test_row_slack_bounds_the_drop_of_every_outer_score():
 
 
 def test_fused_certificate_sweep_equals_separate_passes():
+    # _certify_ctransform: a 4-rows-at-a-time c-transform sweep, the certificate read off f1 - v, and the rows
+    # re-read on the violated columns only; same values, the same appended arcs as the row-wise certificate
     from goracs.selection.ot import _certify_ctransform, _min_reduced_cost, ctransform
     rng = np.random.default_rng(15)
-    C = rng.random((40, 23)).astype(np.float32)
-    C[3, :5] = C[7, :5]  # ties in the column minima
-    rows = np.array([3, 7, 11, 20, 31, 39])
-    u = rng.normal(size=6) * 0.1
-    u[1] = u[0]  # rows 3 and 7 tie on their shared columns
-    for trial in range(3):
-        v = np.min(C[rows] - u[:, None], axis=0) + (rng.normal(size=23) * 0.05 if trial else 0.0)
-        lists = [(np.full((6, 30), -1, np.int64), np.zeros(6, np.int64), np.zeros((6, 30))) for _ in range(2)]
-        a = _min_reduced_cost(C, rows, u, v, 1e-12, *lists[0])
-        f1, f2, arg = np.empty(23), np.empty(23), np.empty(23, np.int64)
-        b = _certify_ctransform(C, rows, u, v, 1e-12, *lists[1], f1, f2, arg)
-        assert a == b
-        for x, y in zip(lists[0], lists[1]):
-            np.testing.assert_array_equal(x, y)
-        g1, g2, ga, gc = ctransform(C, rows, u)
-        np.testing.assert_array_equal(g1, f1)
-        np.testing.assert_array_equal(g2, f2)
-        np.testing.assert_array_equal(ga, arg)
-        np.testing.assert_array_equal(gc == 1, f2 > f1)
-        assert (gc > 1).any()
+    for N, M, rows in [(40, 23, np.array([3, 7, 11, 20, 31, 39])), (60, 97, np.arange(1, 60, 6))]:
+        n = len(rows)
+        C = rng.random((N, M)).astype(np.float32)
+        C[rows[0], :5] = C[rows[1], :5] = 0.0  # ties in the column minima
+        u = rng.normal(size=n) * 0.1
+        u[1] = u[0]  # the first two slots tie on their shared columns
+        for trial in range(4):
+            v = np.min(C[rows] - u[:, None], axis=0) + (rng.normal(size=M) * 0.05 if trial else 0.0)
+            if trial == 3:
+                v[::3] = v[1::3].max() + 1.0  # many violated arcs per row, equal violations across columns
+            lists = [(np.full((n, 3 * M), -1, np.int64), np.zeros(n, np.int64), np.zeros((n, 3 * M)))
+                     for _ in range(2)]
+            a = _min_reduced_cost(C, rows, u, v, 1e-12, *lists[0])
+            f1, f2, arg = np.empty(M), np.empty(M), np.empty(M, np.int64)
+            b = _certify_ctransform(C, rows, u, v, 1e-12, *lists[1], f1, f2, arg)
+            assert abs(a - b) <= 1e-15 and (a < -1e-12) == (b < -1e-12)
+            assert (b < -1e-12) == (trial > 0)
+            for x, y in zip(lists[0], lists[1]):
+                np.testing.assert_array_equal(x, y)
+            g1, g2, ga, gc = ctransform(C, rows, u)
+            np.testing.assert_array_equal(g1, f1)
+            np.testing.assert_array_equal(g2, f2)
+            np.testing.assert_array_equal(ga, arg)
+            np.testing.assert_array_equal(gc == 1, f2 > f1)
+            assert (gc > 1).any()
 
 
 def test_inner_scores_equal_per_slot_leave_one_out():
