@@ -394,14 +394,17 @@ def test_flow_cost_from_lists_equals_full_scan():
     rng = np.random.default_rng(15)
     C = rng.random((50, 24)).astype(np.float32)
     es = ExchangeSolver(C, rng.choice(50, 5, replace=False))
-    for _ in range(10):
+    for step in range(20):
         es.try_exchange(int(rng.integers(5)), int(rng.choice(np.setdiff1d(np.arange(50), es.rows))))
-        es.commit()
+        es.commit() if step % 3 else es.rollback()
         assert _flow_cost_lists(C, es.rows, es.X, es.slist, es.scnt) == _flow_cost(C, es.rows, es.X)
-        # every list holds exactly the sources with flow into its sink (or is marked overflowed)
+        # every list holds exactly the sources with flow into its sink (or is marked overflowed), and next to
+        # each its arc cost, which the searches read instead of X and C
         for j in range(24):
             if es.scnt[j] >= 0:
-                assert sorted(es.slist[j, :es.scnt[j]]) == list(np.flatnonzero(es.X[j]))
+                ks = es.slist[j, :es.scnt[j]]
+                assert sorted(ks) == list(np.flatnonzero(es.X[j]))
+                np.testing.assert_array_equal(es.scost[j, :es.scnt[j]], C[es.rows[ks], j].astype(np.float64))
 
 
 def test_row_slack_bounds_the_drop_of_every_outer_score():
