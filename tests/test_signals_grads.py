@@ -14,7 +14,8 @@ import torch
 
 from goracs.models import ModelError, tiny_llama
 from goracs.signals import grads as G
-from goracs.signals.common import SignalError, answer_token_ids, encode
+from goracs.signals import packed as P
+from goracs.signals.common import SignalError, answer_token_ids, encode, length_batches, pad_right
 from goracs.signals.toy import toy_split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +33,14 @@ def frames():
     return {"seqrec": toy_split(10, "seqrec", seed=1), "ctr": toy_split(10, "ctr", seed=2)}
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
 @pytest.mark.parametrize("task", ["seqrec", "ctr"])
-def test_batched_equals_per_sample_loop(tiny, frames, task):
+def test_batched_equals_per_sample_loop(tiny, frames, task, packed):
     model, tok = tiny
     df = frames[task]
-    batched = G.grad_norms(model, tok, df, task, batch_size=4, progress=False)
+    order = np.concatenate(length_batches([len(i) for i in encode(tok, df, task, 512).ids], 4))
+    assert not np.array_equal(order, np.arange(len(df)))  # batches are length-sorted; results come back in order
+    batched = G.grad_norms(model, tok, df, task, batch_size=4, packed=packed, progress=False)
     loop = G.grad_norms_loop(model, tok, df, task, progress=False)
     assert batched.shape == (len(df),) and batched.dtype == np.float32
     assert np.all(loop > 0), "B = 0 at init but its gradient must not vanish"
@@ -57,9 +61,10 @@ def test_shared_prefix_cache_changes_nothing_but_the_work(tiny, frames, task, mo
         return real(*a, **k)
 
     monkeypatch.setattr(G, "_batch_norms_prefix", spy)
-    with_prefix = G.grad_norms(model, tok, df, task, batch_size=3, progress=False)
+    kw = dict(batch_size=3, packed=False, progress=False)  # the padded Hugging Face path (non-LLaMA models)
+    with_prefix = G.grad_norms(model, tok, df, task, **kw)
     assert used["n"] == 4  # 10 samples in batches of 3, all through the cached prefix
-    without = G.grad_norms(model, tok, df, task, batch_size=3, shared_prefix=0, progress=False)
+    without = G.grad_norms(model, tok, df, task, shared_prefix=0, **kw)
     assert used["n"] == 4
     np.testing.assert_allclose(with_prefix, without, rtol=1e-5)
     # a sample with another instruction shortens the shared prefix to the header; still exact
@@ -67,11 +72,91 @@ def test_shared_prefix_cache_changes_nothing_but_the_work(tiny, frames, task, mo
     other.loc[0, "instruction"] = "Rate it."
     short = G.common_prefix_len(encode(tok, other, task, 512), task)
     assert 16 < short < G.common_prefix_len(encode(tok, df, task, 512), task)
-    np.testing.assert_allclose(G.grad_norms(model, tok, other, task, batch_size=3, progress=False),
+    np.testing.assert_allclose(G.grad_norms(model, tok, other, task, **kw),
                                G.grad_norms_loop(model, tok, other, task, progress=False), rtol=1e-4)
     assert used["n"] == 8
-    G.grad_norms(model, tok, other, task, batch_size=3, shared_prefix=short + 1, progress=False)
+    G.grad_norms(model, tok, other, task, shared_prefix=short + 1, **kw)
     assert used["n"] == 8  # a prefix shorter than the threshold: the plain path
+
+
+@pytest.mark.parametrize("task", ["seqrec", "ctr"])
+def test_packed_path_with_and_without_prefix(tiny, frames, task, monkeypatch):
+    model, tok = tiny
+    df = frames[task]
+    assert P.packable(model)
+    prefixes = []
+    real = G._batch_norms_packed
+
+    def spy(model, lora_b, enc, rows, task, yes_no, st):
+        prefixes.append(st["len"])
+        return real(model, lora_b, enc, rows, task, yes_no, st)
+
+    monkeypatch.setattr(G, "_batch_norms_packed", spy)
+    loop = G.grad_norms_loop(model, tok, df, task, progress=False)
+    c = G.common_prefix_len(encode(tok, df, task, 512), task)
+    for kw, expect in ((dict(), c), (dict(shared_prefix=0), 0), (dict(shared_prefix=c + 1), 0)):
+        prefixes.clear()
+        out = G.grad_norms(model, tok, df, task, batch_size=3, progress=False, **kw)
+        assert prefixes == [expect] * 4  # every batch packed; the shared prefix only when long enough
+        np.testing.assert_allclose(out, loop, rtol=1e-4)
+    prefixes.clear()
+    first = G.grad_norms(model, tok, df, task, layer=0, batch_size=3, progress=False)
+    assert prefixes == []  # a lower target layer: the padded path (its gradient also flows through the layers above)
+    np.testing.assert_allclose(first, G.grad_norms_loop(model, tok, df, task, layer=0, progress=False), rtol=1e-4)
+
+
+def test_packed_when_the_prefix_leaves_one_token(tiny, frames):
+    """Identical samples: the shared prefix is all but the last token, whose SeqRec suffix predicts nothing."""
+    model, tok = tiny
+    df = frames["seqrec"].iloc[[2, 2, 2]].reset_index(drop=True)
+    enc = encode(tok, df, "seqrec", 512)
+    assert G.common_prefix_len(enc, "seqrec") == len(enc.ids[0]) - 1
+    out = G.grad_norms(model, tok, df, "seqrec", batch_size=2, progress=False)
+    np.testing.assert_allclose(out, G.grad_norms_loop(model, tok, df, "seqrec", progress=False), rtol=1e-4)
+    assert np.ptp(out) == 0
+
+
+def test_packed_layers_match_the_model_forward(tiny, frames):
+    """The packed decoder layers give the model's own hidden states at every real token (prefix + suffix)."""
+    model, tok = tiny
+    enc = encode(tok, frames["ctr"], "ctr", 512)
+    rows = [0, 3, 5]
+    c = G.common_prefix_len(enc, "ctr")
+    decoder = P.base_model(model).model
+    ids, mask = pad_right([enc.ids[k] for k in rows], 0, "cpu")
+    with torch.no_grad():
+        ref = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        pre = decoder(input_ids=ids[:1, :c], attention_mask=mask[:1, :c], use_cache=True)
+        kv = P.PrefixKV([layer.keys[0] for layer in pre.past_key_values.layers],
+                        [layer.values[0] for layer in pre.past_key_values.layers])
+        pk = P.pack(model, [enc.ids[k][c:] for k in rows], c, "cpu")
+        h = decoder.embed_tokens(pk.ids)
+        for i, layer in enumerate(decoder.layers):
+            h = P.layer_forward(layer, h, pk, kv, i)
+            want = torch.cat([ref[i + 1][j, c:len(enc.ids[k])] for j, k in enumerate(rows)])
+            got = decoder.norm(h) if i == len(decoder.layers) - 1 else h  # the last entry is after the final norm
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert len(h) == sum(len(enc.ids[k]) - c for k in rows)  # no padding rows
+
+
+def test_closed_form_token_loss_gradient_matches_autograd():
+    torch.manual_seed(0)
+    weight, hs = torch.randn(50, 8), torch.randn(7, 8)
+    targets, w = torch.randint(0, 50, (7,)), torch.rand(7)
+    for block in (1 << 28, 50 * 4 * 3):  # one block, and blocks of 3 rows
+        ce, grad = G._ce_and_input_grad(weight, hs, targets, w, block_bytes=block)
+        h = hs.clone().requires_grad_(True)
+        ref = torch.nn.functional.cross_entropy(h @ weight.T, targets, reduction="none")
+        (ref_grad,) = torch.autograd.grad((ref * w).sum(), h)
+        torch.testing.assert_close(ce, ref.detach())
+        torch.testing.assert_close(grad, ref_grad)
+
+
+def test_packable_only_for_llama_decoders(tiny, frames):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    assert P.packable(tiny[0])
+    assert not P.packable(GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2)))
 
 
 def test_layer_setting_changes_target(tiny, frames):

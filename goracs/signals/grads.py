@@ -6,6 +6,13 @@ gradient g_t, so one sample's gradient is sum_t g_t a_t^T. Because the samples o
 mode, causal attention, right padding, per-sample losses summed), the gradient of the summed loss w.r.t. the
 captured lora_B output holds every sample's g_t at once; an einsum over tokens gives all per-sample gradients.
 
+For a LLaMA decoder with the target in the last layer (the default) the batch runs packed, without padding
+(goracs.signals.packed): the prompt prefix that all samples share runs once, the layers below the target run without
+autograd, and the last layer computes queries, attention output, MLP, final norm and output head only at the
+positions whose loss counts (CTR: the answer position and only the Yes/No rows of the head; SeqRec: every
+position with a next token, with the token-loss gradient w.r.t. the head input in closed form). Other models
+and lower target layers use the padded Hugging Face forward with the same closed form.
+
 Run data-parallel with scripts/grads_distributed.py (or python -m goracs.signals.grads) under
   accelerate launch --multi_gpu --num_processes K scripts/grads_distributed.py [--cpu] --data ... --out ...
 (on a CPU-only machine too: accelerate 1.15 starts a single process for `accelerate launch --cpu` unless an MPI
@@ -30,6 +37,7 @@ from tqdm.auto import tqdm
 
 from goracs.io import atomic_path, config_hash, save_npy, write_json
 from goracs.models import add_lora
+from goracs.signals import packed as P
 from goracs.signals.common import (Encoded, SignalError, answer_token_ids, backbone, encode, length_batches,
                                    model_device, pad_id_of, pad_right)
 
@@ -252,9 +260,131 @@ def _batch_norms_prefix(model, lora_b, enc: Encoded, rows: np.ndarray, task: str
         cap.close()
 
 
+def _packed_state(model, lora_b, idx: int, pre: dict | None) -> dict | None:
+    """State of the packed path (goracs.signals.packed): the target is the last layer of a LLaMA decoder; the
+    shared prefix (`pre`, may be None = no prefix) is reused from the padded path's prefix run."""
+    base = P.base_model(model)
+    if not P.packable(model) or idx != int(base.config.num_hidden_layers) - 1:
+        return None
+    st = {"packed": True, "layer": idx, "scaling": _lora_scaling(model, lora_b), "len": 0, "kv": None,
+          "a": None, "grad": None}
+    if pre is not None:
+        st.update(len=pre["len"], a=pre["a"], grad=pre["grad"],
+                  kv=P.PrefixKV([k[0] for k, _ in pre["kv"]], [v[0] for _, v in pre["kv"]]))
+    return st
+
+
+def _yes_no_logits(head, hs: torch.Tensor, yes_no) -> torch.Tensor:
+    """The "Yes"/"No" logits only (two rows of the output head instead of the whole vocabulary)."""
+    if isinstance(head, torch.nn.Linear):
+        rows = torch.as_tensor(list(yes_no), device=hs.device)
+        bias = head.bias[rows] if head.bias is not None else None
+        return F.linear(hs, head.weight[rows], bias).float()
+    return head(hs).float()[:, list(yes_no)]
+
+
+def _plain_head(head, hs: torch.Tensor) -> bool:
+    """A float32 linear output head without bias (the closed-form token-loss gradient applies)."""
+    return (isinstance(head, torch.nn.Linear) and head.bias is None and head.weight.dtype == torch.float32
+            and hs.dtype == torch.float32)
+
+
+def _ce_and_input_grad(weight: torch.Tensor, hs: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor,
+                       block_bytes: int = 1 << 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token cross-entropies of logits = hs @ weight.T and the gradient of sum_i row_weight_i * ce_i w.r.t. hs,
+    i.e. row_weight_i * (softmax_i - onehot_i) @ weight, with the softmax formed in place in the logits (fewer
+    passes over the (rows, vocab) block than autograd's log-softmax and its backward)."""
+    step = max(1, int(block_bytes) // (weight.shape[0] * 4))
+    ces, grads = [], []
+    for s in range(0, len(hs), step):
+        y, w = targets[s:s + step, None], row_weight[s:s + step, None]
+        z = F.linear(hs[s:s + step], weight)
+        z_y = z.gather(1, y)[:, 0]
+        top = z.amax(1, keepdim=True)
+        torch.exp(z.sub_(top), out=z)
+        total = z.sum(1, keepdim=True)
+        ces.append(top[:, 0] + total[:, 0].log() - z_y)
+        z.mul_(w / total).scatter_add_(1, y, -w)
+        grads.append(z @ weight)
+    return torch.cat(ces), torch.cat(grads)
+
+
+def _batch_norms_packed(model, lora_b, enc: Encoded, rows: np.ndarray, task: str, yes_no, st: dict) -> np.ndarray:
+    """As _batch_norms, without padding: the suffixes of the batch run packed after the shared prefix (if any);
+    layers below the target run without autograd, and the target (last) layer computes its queries, attention
+    output, MLP, final norm and head only at the positions that enter a loss (keys and values everywhere)."""
+    dev, c, b = model_device(model), st["len"], len(rows)
+    base = P.base_model(model)
+    dec, head = base.model, base.get_output_embeddings()
+    layers = list(dec.layers)[: int(base.config.num_hidden_layers)]
+    pk = P.pack(model, [enc.ids[k][c:] for k in rows], c, dev)
+    if task == "seqrec" and max(pk.lens) == 1 and st["grad"] is not None:
+        # every suffix is one token that predicts nothing: the prefix's own token losses are the whole loss
+        n_tok = torch.as_tensor([len(enc.ids[k]) - 1 for k in rows], device=dev, dtype=torch.float32)
+        grads = st["grad"][None] / n_tok[:, None, None]
+        return grads.flatten(1).norm(dim=1).cpu().numpy().astype(np.float32)
+    with torch.no_grad():
+        h = dec.embed_tokens(pk.ids)
+        for i, layer in enumerate(layers[:-1]):
+            h = P.layer_forward(layer, h, pk, st["kv"], i)
+    if task == "seqrec":  # suffix positions with a next token (the prefix's own losses are in st["grad"])
+        q_rows = [list(range(n - 1)) for n in pk.lens]
+    else:  # the answer position
+        q_rows = [[n - 1] for n in pk.lens]
+    seg_q = torch.as_tensor(np.repeat(np.arange(b), [len(r) for r in q_rows]), device=dev)
+    flat = torch.as_tensor(np.concatenate([np.asarray(r, dtype=np.int64) + o for r, o in zip(q_rows, pk.offs)]),
+                           device=dev)
+    v_leaf = None
+    if c:
+        v_leaf = st["kv"].values[-1].expand(b, -1, -1, -1).clone().requires_grad_(True)
+    cap = _Capture(lora_b)
+    try:
+        k_pre = st["kv"].keys[-1] if c else None
+        hs = dec.norm(P.last_layer_outputs(layers[-1], h, pk, k_pre, v_leaf, q_rows))
+        out, out_grad = None, None
+        if task == "seqrec":  # the per-sample mean divides by ALL predicted tokens (prefix included)
+            n_tok = torch.as_tensor([len(enc.ids[k]) - 1 for k in rows], device=dev, dtype=torch.float32)
+            loss = torch.zeros(b, dtype=torch.float32, device=dev)
+            if len(flat):
+                targets = pk.ids[flat + 1]
+                if _plain_head(head, hs):  # closed-form gradient of the token losses w.r.t. the head input
+                    ce, out_grad = _ce_and_input_grad(head.weight, hs.detach(), targets, 1.0 / n_tok[seg_q])
+                    out = hs
+                else:
+                    ce = F.cross_entropy(head(hs).float(), targets, reduction="none")
+                loss = loss.index_add(0, seg_q, ce) / n_tok
+        else:
+            labels = torch.as_tensor(enc.labels[rows], device=dev)
+            loss = F.cross_entropy(_yes_no_logits(head, hs, yes_no), (labels == 0).long(), reduction="none")
+        _check_finite(loss, rows, task)
+        if cap.out is None:
+            raise SignalError("the LoRA B module was never called in the forward pass (adapters disabled?)")
+        if out is None and loss.requires_grad:
+            out = loss.sum()
+        grads = torch.zeros((b, *lora_b.weight.shape), dtype=torch.float32, device=dev)
+        if out is not None:
+            wrt = [cap.out] + ([v_leaf] if c else [])
+            got = torch.autograd.grad(out, wrt, grad_outputs=out_grad, allow_unused=True)
+            g, a = got[0], cap.a.detach().float()
+            if g is not None:
+                g = g.float()
+                for j, (o, n) in enumerate(zip(pk.offs, pk.lens)):
+                    grads[j] = g[o:o + n].T @ a[o:o + n]
+            if c and got[1] is not None:  # what each sample's attention sends back to the prefix values
+                g_prefix = got[1].float().transpose(1, 2).reshape(b, c, -1) * st["scaling"]
+                grads = grads + torch.einsum("bpo,pr->bor", g_prefix, st["a"])
+        if st["grad"] is not None:
+            grads = grads + st["grad"][None] / n_tok[:, None, None]
+        return grads.flatten(1).norm(dim=1).cpu().numpy().astype(np.float32)
+    finally:
+        cap.close()
+
+
 def _batch_norms(model, lora_b: torch.nn.Module, enc: Encoded, rows: np.ndarray, task: str,
                  yes_no, pad_id: int, prefix: dict | None = None) -> np.ndarray:
     """Gradient norms of the samples `rows` from one forward and one backward pass (closed form)."""
+    if prefix is not None and prefix.get("packed"):
+        return _batch_norms_packed(model, lora_b, enc, rows, task, yes_no, prefix)
     if prefix is not None:
         return _batch_norms_prefix(model, lora_b, enc, rows, task, yes_no, pad_id, prefix)
     dev = model_device(model)
@@ -286,7 +416,7 @@ def _prepare(model, tokenizer, df, task, layer, max_len, lora_seed, lora=None):
 def grad_norms(model, tokenizer, df, task: str, layer: int = -1, batch_size: int = 8, max_len: int = 512,
                shard_dir: str | Path | None = None, shard_size: int = 512, *, rank: int = 0,
                world_size: int = 1, lora_seed: int = 0, lora: dict | None = None, shared_prefix: int = 16,
-               progress: bool = True) -> np.ndarray | None:
+               packed: bool = True, progress: bool = True) -> np.ndarray | None:
     """Per-sample gradient norms (N,) float32 w.r.t. LoRA B of v_proj at `layer`; batched closed form.
 
     With `shard_dir`, shards of `shard_size` samples are cached under a content key and skipped when present
@@ -295,7 +425,8 @@ def grad_norms(model, tokenizer, df, task: str, layer: int = -1, batch_size: int
     `lora` = {r, alpha, dropout, target_modules} as in configs/model, default r 8, alpha 16, q_proj + v_proj).
     When all samples share a token prefix of at least `shared_prefix` tokens (the Alpaca header and the
     instruction) and the target is the last layer, the prefix is run once and its key/value cache reused
-    (0 = off); the values are the same.
+    (0 = off); the values are the same. `packed` (default) runs LLaMA decoders without padding when the target
+    is the last layer (see the module docstring); False forces the padded Hugging Face forward.
     """
     if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
         raise SignalError(f"rank={rank} is not valid for world_size={world_size}")
@@ -316,6 +447,8 @@ def grad_norms(model, tokenizer, df, task: str, layer: int = -1, batch_size: int
     with _grad_only_for(model, lora_b.weight):
         if shared_prefix and int(shared_prefix) > 0:
             pre = _prefix_state(model, lora_b, idx, enc, task, int(shared_prefix))
+        if packed:
+            pre = _packed_state(model, lora_b, idx, pre) or pre
         if shard_dir is None:
             if world_size != 1:
                 raise SignalError("several processes need a shard_dir to write their shards to")

@@ -1,0 +1,167 @@
+"""Padding-free ("packed") forward of a LLaMA decoder that continues from a shared prompt prefix.
+
+The batched gradient norms (goracs.signals.grads) spend almost all their CPU time in the dense projections of the
+decoder layers, so every token that is not needed costs the same as one that is. This module runs the tokens of a
+batch as one (N, hidden) sequence with no padding rows: the projections, norms and MLPs see only real tokens, and
+attention runs per sample (query i of a sample sees the cached prefix and its own tokens up to i). It calls the
+model's own modules (norms, projections with their LoRA adapters, MLPs, rotary table), so the arithmetic is the
+model's; only the padding, the batch layout and the attention call differ from the Hugging Face forward.
+
+Supported: decoder layers of the LLaMA class (SmolLM2, LLaMA-7B, the tiny test model). Other models use the
+padded Hugging Face path in grads.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SUPPORTED_LAYERS = ("LlamaDecoderLayer",)
+
+
+def base_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def packable(model) -> bool:
+    """True when the packed forward reproduces the model's own forward (a LLaMA decoder in eval mode)."""
+    base = base_model(model)
+    dec = getattr(base, "model", None)
+    cfg = getattr(base, "config", None)
+    if dec is None or cfg is None or not all(hasattr(dec, a) for a in ("embed_tokens", "layers", "norm",
+                                                                           "rotary_emb")):
+        return False
+    layers = list(dec.layers)[: int(cfg.num_hidden_layers)]
+    if not layers or any(type(layer).__name__ not in SUPPORTED_LAYERS for layer in layers):
+        return False
+    if getattr(cfg, "sliding_window", None) or getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        return False
+    return True
+
+
+@dataclass
+class Pack:
+    """The suffix tokens of a batch, one after the other: ids (N,), per-sample lengths and offsets, rotary table."""
+
+    ids: torch.Tensor
+    lens: list[int]
+    offs: list[int]
+    cos: torch.Tensor
+    sin: torch.Tensor
+    prefix: int
+
+
+def pack(model, seqs: list[list[int]], prefix: int, device) -> Pack:
+    """Pack token lists that continue a prefix of `prefix` tokens (their positions start at `prefix`)."""
+    dec = base_model(model).model
+    lens = [len(s) for s in seqs]
+    if min(lens) < 1:
+        raise ValueError("every packed sequence needs at least one token")
+    offs = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(int).tolist()
+    ids = torch.as_tensor(np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs]), device=device)
+    pos = torch.as_tensor(np.concatenate([np.arange(prefix, prefix + n) for n in lens]), device=device)
+    probe = dec.embed_tokens.weight[:1]
+    cos, sin = dec.rotary_emb(probe, pos[None])
+    return Pack(ids, lens, offs, cos[0], sin[0], int(prefix))
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """LLaMA rotary embedding of x (n, heads, head_dim) with cos/sin (n, head_dim)."""
+    cos, sin = cos[:, None], sin[:, None]
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rot * sin
+
+
+def _mask(n_rows: int, prefix: int, n_keys_self: int, device) -> torch.Tensor:
+    """Boolean (n_rows, prefix + n_keys_self): query i may see every prefix key and its own keys 0..i."""
+    j = torch.arange(prefix + n_keys_self, device=device)
+    i = torch.arange(n_rows, device=device)
+    return j[None, :] <= (prefix + i)[:, None]
+
+
+class PrefixKV:
+    """Keys (after rotary) and values of the shared prefix per layer, as (kv_heads, prefix, head_dim)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.keys, self.values = keys, values
+        self.len = int(keys[0].shape[1]) if keys else 0
+
+
+def _attention(attn, q, k, v, pk: Pack, k_pre, v_pre, rows=None):
+    """Per-sample causal attention over [prefix; own tokens]. q (Nq, H, d) holds, for each sample, the query
+    rows listed in `rows` (per-sample local indices; None = every token); k, v (N, KVH, d) every token.
+    v_pre may be a per-sample tensor (B, KVH, c, d) (the leaf that collects each sample's prefix-value
+    gradient) or one shared (KVH, c, d). Returns (Nq, H * d).
+
+    Written out as scaled scores + additive mask, softmax, weighted values (what the model's eager attention
+    does): on one CPU thread this costs less than the SDPA kernels for these short, single-sample calls."""
+    c = pk.prefix
+    n_heads, n_kv = q.shape[1], k.shape[1]
+    group = n_heads // n_kv
+    longest = max(pk.lens)
+    bias = torch.zeros((longest, c + longest), dtype=q.dtype, device=q.device)
+    bias.masked_fill_(~_mask(longest, c, longest, q.device), float("-inf"))
+    out, qo = [], 0
+    for b, (o, n) in enumerate(zip(pk.offs, pk.lens)):
+        sel = None if rows is None else rows[b]
+        nq = n if sel is None else len(sel)
+        if nq == 0:
+            continue
+        qb = q[qo:qo + nq].transpose(0, 1)  # (H, nq, d)
+        qo += nq
+        kb = k[o:o + n].transpose(0, 1)
+        vb = v[o:o + n].transpose(0, 1)
+        if c:
+            vp = v_pre if v_pre.dim() == 3 else v_pre[b]
+            kb, vb = torch.cat([k_pre, kb], 1), torch.cat([vp, vb], 1)
+        m = bias[:n, :c + n] if sel is None else bias[torch.as_tensor(sel, device=q.device), :c + n]
+        # grouped-query attention: the `group` query heads of one key/value head attend together
+        qg = qb.reshape(n_kv, group * nq, qb.shape[-1])
+        scores = torch.baddbmm(m.repeat(group, 1)[None], qg, kb.transpose(1, 2), alpha=attn.scaling)
+        probs = torch.softmax(scores.float(), dim=-1).to(vb.dtype)
+        ob = torch.bmm(probs, vb)
+        out.append(ob.reshape(n_heads, nq, -1).transpose(0, 1).reshape(nq, -1))
+    return torch.cat(out, 0)
+
+
+def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+    """The LLaMA MLP; without autograd the activation and the gating product are done in place."""
+    if torch.is_grad_enabled():
+        return mlp(x)
+    g = mlp.act_fn(mlp.gate_proj(x))
+    return mlp.down_proj(g.mul_(mlp.up_proj(x)))
+
+
+def layer_forward(layer, h: torch.Tensor, pk: Pack, kv: PrefixKV | None, idx: int) -> torch.Tensor:
+    """One decoder layer over the packed tokens (no gradient needed)."""
+    attn = layer.self_attn
+    d = attn.head_dim
+    x = layer.input_layernorm(h)
+    n = x.shape[0]
+    q = _rope(attn.q_proj(x).view(n, -1, d), pk.cos, pk.sin)
+    k = _rope(attn.k_proj(x).view(n, -1, d), pk.cos, pk.sin)
+    v = attn.v_proj(x).view(n, -1, d)
+    k_pre = kv.keys[idx] if kv is not None and pk.prefix else None
+    v_pre = kv.values[idx] if kv is not None and pk.prefix else None
+    h = h + attn.o_proj(_attention(attn, q, k, v, pk, k_pre, v_pre))
+    return h + _mlp(layer.mlp, layer.post_attention_layernorm(h))
+
+
+def last_layer_outputs(layer, h: torch.Tensor, pk: Pack, k_pre, v_pre, rows: list[list[int]]) -> torch.Tensor:
+    """The last decoder layer evaluated only at the query rows `rows` (per sample, local indices); keys and
+    values at every token. Returns the layer output (before the final norm) at those rows, sample after sample.
+    Autograd records whatever requires grad (the LoRA B of v_proj, the per-sample prefix values)."""
+    attn = layer.self_attn
+    d = attn.head_dim
+    x = layer.input_layernorm(h)
+    n = x.shape[0]
+    flat = torch.as_tensor(np.concatenate([np.asarray(r, dtype=np.int64) + o for r, o in zip(rows, pk.offs)]),
+                           device=h.device)
+    k = _rope(attn.k_proj(x).view(n, -1, d), pk.cos, pk.sin)
+    v = attn.v_proj(x).view(n, -1, d)
+    q = _rope(attn.q_proj(x[flat]).view(len(flat), -1, d), pk.cos[flat], pk.sin[flat])
+    hs = h[flat] + attn.o_proj(_attention(attn, q, k, v, pk, k_pre, v_pre, rows=rows))
+    return hs + _mlp(layer.mlp, layer.post_attention_layernorm(hs))
