@@ -506,3 +506,14 @@ def test_exchange_searches_unchanged_by_the_tight_arc_stack():
             es.rollback()
     assert es.stats.tolist() == [359, 8358, 39969, 95935, 76, 0]
     assert es.value == pytest.approx(poo(C[es.rows])[0], abs=1e-12)
+
+
+def test_kth_smallest_equals_partition():
+    from goracs.selection.ot import _kth_smallest
+    rng = np.random.default_rng(21)
+    for M, K in [(50, 1), (50, 7), (300, 96), (97, 96), (1000, 333)]:
+        for ties in (False, True):
+            d = rng.random(M)
+            if ties:
+                d = np.round(d * 10) / 10  # many equal values around the threshold
+            assert _kth_smallest(d, K, np.empty(K)) == np.partition(d, K - 1)[K - 1]

@@ -525,6 +525,37 @@ def _certify_ctransform(C, rows, u, v, tol, sp, splen, spc, f1, f2, arg):
 
 
 @nb.njit(cache=True)
+def _heap_down(h, p, K):
+    while True:
+        c = 2 * p + 1
+        if c >= K:
+            return
+        if c + 1 < K and h[c + 1] > h[c]:
+            c += 1
+        if h[c] > h[p]:
+            h[c], h[p] = h[p], h[c]
+            p = c
+        else:
+            return
+
+
+@nb.njit(cache=True)
+def _kth_smallest(d, K, h):
+    """The K-th smallest entry of d (with multiplicity; = np.partition(d, K - 1)[K - 1]), via a max-heap of the K
+    smallest so far in h: after the first few hundred entries almost every entry is one compare (np.partition
+    was ~90 % of the list build)."""
+    for i in range(K):
+        h[i] = d[i]
+    for i in range(K // 2 - 1, -1, -1):
+        _heap_down(h, i, K)
+    for j in range(K, d.shape[0]):
+        if d[j] < h[0]:
+            h[0] = d[j]
+            _heap_down(h, 0, K)
+    return h[0]
+
+
+@nb.njit(cache=True)
 def _sparse_lists(C, rows, v, X, K, extra):
     """Per source: its K smallest-reduced-cost sinks plus its flow arcs, with `extra` free slots (and costs)."""
     n = rows.shape[0]
@@ -552,11 +583,12 @@ def _sparse_lists(C, rows, v, X, K, extra):
     splen = np.zeros(n, np.int64)
     mark = np.zeros(M, np.bool_)
     d = np.empty(M)
+    h = np.empty(max(K, 1))
     for k in range(n):
         r = rows[k]
         for j in range(M):
             d[j] = float(C[r, j]) - v[j]
-        thr = np.partition(d, K - 1)[K - 1] if K < M else np.inf
+        thr = _kth_smallest(d, K, h) if K < M else np.inf
         m = 0
         for j in range(M):
             if d[j] <= thr and m < K:
