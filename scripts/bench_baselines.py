@@ -41,7 +41,7 @@ def real_norms(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.gamma(2.0, 1.0, size=n)
 
 
-def timed(name: str, params: dict, sig: Signals, budget: int, seed: int = 0) -> float:
+def timed(name: str, params: dict, sig: Signals, budget: int, seed: int = 0) -> dict:
     """Build, run and time one selector; print one table row."""
     sel = make_selector(name, **params)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -51,10 +51,10 @@ def timed(name: str, params: dict, sig: Signals, budget: int, seed: int = 0) -> 
                                                            "surrogate_train_s", "refit_s", "influence_s")}
     extra = ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
     print(f"| {name} | {sig.n_train:,} | {budget} | {dt:.2f} | {cpu:.2f} | {extra} |", flush=True)
-    return dt
+    return {**out.report, "wall_s": dt, "cpu_s": cpu}
 
 
-def dealrec_real(budget: int) -> None:
+def dealrec_real(budget: int, overrides: dict | None = None) -> None:
     """DEALRec at the real size: the Games SeqRec training samples (histories, targets, catalogue) as the
     pipeline builds them, gradient norms resampled from the real ones, parameters from the selector config."""
     from omegaconf import OmegaConf
@@ -79,11 +79,26 @@ def dealrec_real(budget: int) -> None:
                                                                      "dealrec.yaml")).items()
               if k not in ("name", "budget")}
     print(f"# parameters (configs/selector/dealrec.yaml): {params}")
+    full = dict(params)
+    params.update(overrides or {})
+    if overrides:
+        print(f"# SHORTENED run, overrides: {overrides} (the line after the table projects the configured run)")
     rng = np.random.default_rng(0)
     sig = Signals(embeddings=np.zeros((n, 1), dtype=np.float32), grad_norms=real_norms(n, rng), extra=extra)
     print("| selector | pool N | budget | wall (s) | CPU (s) | notes |")
     print("|---|---|---|---|---|---|")
-    timed("dealrec", {**params, "progress": True}, sig, budget)
+    rep = timed("dealrec", {**params, "progress": True}, sig, budget)
+    if overrides:
+        # each phase is linear in its count: surrogate epochs, L-BFGS iterations (head refit), CG iterations
+        # (influence); CG may stop early at its tolerance, so the projection is an upper bound for that part
+        train = rep["surrogate_train_s"] * full["epochs"] / params["epochs"]
+        refit = rep["refit_s"] * full["refit_iters"] / params["refit_iters"]
+        # the selector's influence_s counts from the end of training, so it holds the refit too
+        infl = (rep["influence_s"] - rep["refit_s"]) * full["cg_iters"] / max(1, rep.get("cg_iters", params["cg_iters"]))
+        print(f"# projection for the configured run ({full['epochs']} epochs, {full['refit_iters']} refit and "
+              f"{full['cg_iters']} CG iterations), wall at this run's load: surrogate {train:.0f} s + refit "
+              f"{refit:.0f} s + influence <= {infl:.0f} s = {train + refit + infl:.0f} s "
+              f"({(train + refit + infl) / 60:.1f} min)")
 
 
 def main() -> None:
@@ -97,12 +112,15 @@ def main() -> None:
     ap.add_argument("--dealrec-epochs", type=int, default=2)
     ap.add_argument("--dealrec-real", action="store_true",
                     help="DEALRec on the real Games SeqRec train split, full catalogue, config parameters")
+    ap.add_argument("--dealrec-short", action="store_true",
+                    help="with --dealrec-real: 1 surrogate epoch, 3 refit and 3 CG iterations, and a projection "
+                         "of the configured run from the measured phases")
     ap.add_argument("--only-dealrec", action="store_true", help="skip CCS, Moderate and D2-Pruning")
     ap.add_argument("--goracs", action="store_true", help="also time make_selector('goracs') (minutes)")
     args = ap.parse_args()
     if args.dealrec_real:
         torch.set_num_threads(1)
-        dealrec_real(args.budget)
+        dealrec_real(args.budget, {"epochs": 1, "refit_iters": 3, "cg_iters": 3} if args.dealrec_short else None)
         return
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
