@@ -72,3 +72,19 @@ def test_none_logger_and_bad_config(tmp_path, monkeypatch):
         make_logger({"backend": "tensorboard"})
     with pytest.raises(LoggerError, match="mode"):
         make_logger({"backend": "wandb", "mode": "sometimes", "dir": str(tmp_path)})
+
+
+def test_results_table_with_mixed_lambda_column_is_logged(tmp_path, monkeypatch):
+    """The aggregated table's lambda column holds numbers for GORACS and "-" for the baselines; wandb rejects a
+    column of mixed types, so such a column is logged as text (the aggregate stage crashed on it)."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = {"backend": "wandb", "mode": "offline", "dir": str(tmp_path)}
+    df = pd.DataFrame({"selector": ["goracs", "random", "dealrec"], "lam": pd.Series([0.1, "-", 0.3], dtype=object),
+                       "auc_mean": [0.7, 0.6, 0.65]})
+    with make_logger(cfg) as lg:
+        lg.log_table("table_ctr", df)
+        run_dir = lg.run_dir
+    import json
+    t = json.loads(next((run_dir / "files" / "media" / "table").glob("table_ctr_*.table.json")).read_text())
+    assert [row[1] for row in t["data"]] == ["0.1", "-", "0.3"]
+    assert [row[2] for row in t["data"]] == [0.7, 0.6, 0.65]  # single-type columns keep their type

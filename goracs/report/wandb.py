@@ -159,10 +159,14 @@ class WandbLogger(RunLogger):
         """Log a pandas DataFrame as a wandb.Table under `name`."""
         super().log_table(name, dataframe)
         df = dataframe.copy()
-        for c in df.columns:  # wandb tables need JSON-able cells
+        for c in df.columns:  # wandb tables need JSON-able cells of one type per column
             if df[c].dtype == object:
-                df[c] = [json.dumps(v, default=str) if isinstance(v, (list, dict, tuple, np.ndarray)) else v
+                cells = [json.dumps(v, default=str) if isinstance(v, (list, dict, tuple, np.ndarray)) else v
                          for v in df[c]]
+                kinds = {type(v) for v in cells if v is not None and not (isinstance(v, float) and np.isnan(v))}
+                if len(kinds) > 1:  # e.g. lambda: numbers for GORACS, "-" for selectors without one
+                    cells = [None if v is None else str(v) for v in cells]
+                df[c] = cells
         self.run.log({name: self._wandb.Table(dataframe=df)})
 
     def finish(self, exit_code: int = 0) -> None:
