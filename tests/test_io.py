@@ -20,15 +20,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_atomic_files_get_umask_permissions_not_mkstemp_0600(tmp_path):
     old = os.umask(0o022)
     try:
-        import importlib
-
-        import goracs.io as io_mod
-        importlib.reload(io_mod)  # the module reads the umask once, at import
-        io_mod.write_text(tmp_path / "table.md", "x")
+        write_text(tmp_path / "table.md", "x")
+        os.umask(0o077)
+        write_text(tmp_path / "private.md", "x")
     finally:
         os.umask(old)
-    mode = stat.S_IMODE(os.stat(tmp_path / "table.md").st_mode)
-    assert mode == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "table.md").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "private.md").st_mode) == 0o600
     write_json(tmp_path / "m.json", {"a": 1})
     assert (tmp_path / "m.json").read_text().strip().startswith("{")
     write_text(tmp_path / "t.md", "y")

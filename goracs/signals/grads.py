@@ -318,9 +318,11 @@ def _batch_norms_packed(model, lora_b, enc: Encoded, rows: np.ndarray, task: str
     dec, head = base.model, base.get_output_embeddings()
     layers = list(dec.layers)[: int(base.config.num_hidden_layers)]
     pk = P.pack(model, [enc.ids[k][c:] for k in rows], c, dev)
+    # SeqRec: the per-sample mean divides by ALL predicted tokens (prefix included)
+    n_tok = torch.as_tensor([len(enc.ids[k]) - 1 for k in rows], device=dev, dtype=torch.float32) \
+        if task == "seqrec" else None
     if task == "seqrec" and max(pk.lens) == 1 and st["grad"] is not None:
         # every suffix is one token that predicts nothing: the prefix's own token losses are the whole loss
-        n_tok = torch.as_tensor([len(enc.ids[k]) - 1 for k in rows], device=dev, dtype=torch.float32)
         grads = st["grad"][None] / n_tok[:, None, None]
         return grads.flatten(1).norm(dim=1).cpu().numpy().astype(np.float32)
     with torch.no_grad():
@@ -342,8 +344,7 @@ def _batch_norms_packed(model, lora_b, enc: Encoded, rows: np.ndarray, task: str
         k_pre = st["kv"].keys[-1] if c else None
         hs = dec.norm(P.last_layer_outputs(layers[-1], h, pk, k_pre, v_leaf, q_rows))
         out, out_grad = None, None
-        if task == "seqrec":  # the per-sample mean divides by ALL predicted tokens (prefix included)
-            n_tok = torch.as_tensor([len(enc.ids[k]) - 1 for k in rows], device=dev, dtype=torch.float32)
+        if task == "seqrec":
             loss = torch.zeros(b, dtype=torch.float32, device=dev)
             if len(flat):
                 targets = pk.ids[flat + 1]
