@@ -2,6 +2,12 @@
 backward loops (same values?), and samples per second for gradients, EL2N and embeddings. One run, one table.
 
   OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_signals.py --n 32 --md results/bench_signals.md
+  OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_signals.py --n 32 --data games   # real Games prompts
+  .venv/bin/python scripts/bench_signals.py --n 256 --device cuda --repeat 3        # on a GPU (wall-time ratios)
+
+--data toy (default) uses the short synthetic histories of goracs.signals.toy (1-10 titles); --data games samples
+the real Amazon Games SeqRec/CTR training prompts as the pipeline builds them from ../shared/data (10-title
+histories, longer titles), which is what a full-size run computes.
 """
 
 from __future__ import annotations
@@ -55,12 +61,38 @@ def naive_loop(model, tok, df, task, max_len=512):
 CPU = {}
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn):
     """(result, wall seconds); the process CPU seconds go to CPU[fn] (robust to other jobs on the machine)."""
+    _sync()
     t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
+    _sync()
     CPU[fn] = time.process_time() - c0
     return out, time.perf_counter() - t0
+
+
+def frames(data: str, n: int, task: str, seed: int):
+    """n samples of `task`: synthetic (toy) or drawn from the real Games training split (games)."""
+    if data == "toy":
+        return toy_split(n, task, seed=seed)
+    from omegaconf import OmegaConf
+
+    from goracs.cache import StageCache
+    from goracs.data.prepare import prepare
+
+    root = Path(__file__).resolve().parent.parent
+    shared = root.parent / "shared" / "data" / "amazon-games-2018"
+    if not shared.is_dir():
+        raise SystemExit(f"--data games needs the real Games fixture at {shared} (absent here)")
+    ds = OmegaConf.to_container(OmegaConf.load(root / "configs" / "dataset" / "games_recbole.yaml"))
+    ds["root"] = str(shared)
+    d = prepare(ds, {"name": task, "max_history": 10, "n_negatives": 99}, StageCache(root / "cache"), progress=False)
+    return d.train.sample(n, random_state=seed).reset_index(drop=True)
 
 
 def main() -> int:
@@ -74,15 +106,20 @@ def main() -> int:
     ap.add_argument("--n-embed", type=int, default=512, help="texts for the embedding throughput")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tasks", default="seqrec,ctr")
+    ap.add_argument("--data", choices=["toy", "games"], default="toy",
+                    help="synthetic short histories, or real Games training prompts from ../shared/data")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the speed-ups are wall-time ratios)")
+    ap.add_argument("--skip-naive", action="store_true", help="leave out the two per-sample loops")
     ap.add_argument("--md", default=None, help="write the report here too (e.g. results/bench_signals.md)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, tok = load_model("smollm2_135m")
+    model, tok = load_model("smollm2_135m", device=args.device)
+    gpu = args.device != "cpu"
     model = G.ensure_lora(model, lora_seed=0)
     rows, lines, rounds = [], [], []
     for task in args.tasks.split(","):
-        df = toy_split(args.n, task, seed=11)
+        df = frames(args.data, args.n, task, seed=11)
         n_tok = [len(i) for i in encode(tok, df, task, 512).ids]
         G.grad_norms(model, tok, df.iloc[:2], task, batch_size=2, progress=False)  # warm-up (one-time costs)
         G.grad_norms(model, tok, df.iloc[:2], task, batch_size=2, packed=False, progress=False)
@@ -93,7 +130,11 @@ def main() -> int:
             "loop": lambda: G.grad_norms_loop(model, tok, df, task, progress=False),
             "naive": lambda: naive_loop(model, tok, df, task),
             "el2n": lambda: el2n_scores(model, tok, df, task, batch_size=args.batch_size, progress=False),
+            "el2n_padded": lambda: el2n_scores(model, tok, df, task, batch_size=args.batch_size, packed=False,
+                                               progress=False),
         }
+        if args.skip_naive:
+            del methods["loop"], methods["naive"]
         best: dict[str, tuple[float, float]] = {}  # method -> (CPU s, wall s) of its cheapest round
         vals = {}
         for r in range(max(1, args.repeat)):
@@ -101,11 +142,13 @@ def main() -> int:
                 vals[name], wall = timed(fn)
                 cpu = CPU.pop(fn)
                 rounds.append(f"{task} round {r + 1} {name}: CPU {cpu:.1f} s, wall {wall:.1f} s")
-                if name not in best or cpu < best[name][0]:
+                key = wall if gpu else cpu
+                if name not in best or key < (best[name][1] if gpu else best[name][0]):
                     best[name] = (cpu, wall)
         rel = lambda a, b: float(np.max(np.abs(a - b) / np.abs(b)))  # noqa: E731
-        rows.append((task, len(df), np.mean(n_tok), best, rel(vals["batched"], vals["loop"]),
-                     rel(vals["batched"], vals["naive"]), rel(vals["batched"], vals["padded"])))
+        diffs = {k: rel(vals["batched"], vals[k]) for k in ("naive", "loop", "padded") if k in vals}
+        diffs["el2n"] = rel(vals["el2n"], vals["el2n_padded"])
+        rows.append((task, len(df), np.mean(n_tok), best, diffs))
 
     enc_model = load_encoder("minilm")  # load once, outside the timing
     texts = sample_texts(toy_split(args.n_embed, "seqrec", seed=12), "seqrec")
@@ -113,23 +156,29 @@ def main() -> int:
     _, t_emb = timed(lambda: embed_texts(texts, batch_size=64, progress=False))
     del enc_model
 
+    data = ("synthetic samples (goracs.signals.toy, 1-10 history titles)" if args.data == "toy" else
+            "real Amazon Games training prompts (../shared/data, 10-title histories), a seeded random draw")
+    unit = "wall" if gpu else "CPU"
     head = (f"SmolLM2-135M-Instruct (fp32, LoRA r=8 on q_proj/v_proj, gradient w.r.t. LoRA B of v_proj in the last "
-            f"layer), {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} thread(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
-            f"batch size {args.batch_size}, {max(1, args.repeat)} round(s), each method's cheapest round; "
-            "synthetic samples (goracs.signals.toy, up to 10 history titles). Speed-ups are CPU-time ratios.")
+            f"layer), {args.device} ({torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()}), "
+            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, batch size {args.batch_size}, "
+            f"{max(1, args.repeat)} round(s), each method's cheapest round; {data}. Speed-ups are {unit}-time ratios.")
     lines += [head, "",
               "| task | samples | mean tokens | CPU s (wall s): batched packed | batched padded | per-sample loop, "
               "backward to the layer | naive per-sample loop, full LoRA backward | speed-up vs naive | vs loop "
-              "| vs padded | batched samples/s (CPU) | EL2N samples/s (CPU) | max rel. diff vs naive / loop / padded |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for task, n, ntok, best, r_loop, r_naive, r_pad in rows:
-        cell = lambda k: f"{best[k][0]:.1f} ({best[k][1]:.1f})"  # noqa: E731
-        cf = best["batched"][0]
+              "| vs padded | gradient samples/s | EL2N packed (padded) CPU s | EL2N speed-up | EL2N samples/s "
+              "| max rel. diff vs naive / loop / padded; EL2N packed vs padded |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for task, n, ntok, best, diffs in rows:
+        t = lambda k: best[k][1] if gpu else best[k][0]  # noqa: E731
+        cell = lambda k: f"{best[k][0]:.1f} ({best[k][1]:.1f})" if k in best else "-"  # noqa: E731
+        ratio = lambda k, ref="batched": f"{t(k) / t(ref):.2f}x" if k in best else "-"  # noqa: E731
+        diff = " / ".join(f"{diffs[k]:.1e}" if k in diffs else "-" for k in ("naive", "loop", "padded"))
         lines.append(f"| {task} | {n} | {ntok:.0f} | {cell('batched')} | {cell('padded')} | {cell('loop')} | "
-                     f"{cell('naive')} | **{best['naive'][0] / cf:.2f}x** | {best['loop'][0] / cf:.2f}x | "
-                     f"{best['padded'][0] / cf:.2f}x | {n / cf:.2f} | {n / best['el2n'][0]:.2f} | "
-                     f"{r_naive:.1e} / {r_loop:.1e} / {r_pad:.1e} |")
+                     f"{cell('naive')} | **{ratio('naive')}** | {ratio('loop')} | {ratio('padded')} | "
+                     f"{n / t('batched'):.2f} | {best['el2n'][0]:.1f} ({best['el2n_padded'][0]:.1f}) | "
+                     f"{ratio('el2n_padded', 'el2n')} | {n / t('el2n'):.2f} | {diff}; {diffs['el2n']:.1e} |")
     c_emb = CPU.pop(next(iter(CPU)))
     lines += ["", f"Embeddings (all-MiniLM-L6-v2, batch 64, {len(texts)} SeqRec texts, encoder loaded beforehand): "
               f"CPU {c_emb:.1f} s ({len(texts) / c_emb:.0f} samples/s), wall {t_emb:.1f} s "

@@ -58,3 +58,41 @@ def test_el2n_bad_input(tiny):
     bad = toy_split(3, "ctr", seed=0).assign(label=[1, 2, 0])
     with pytest.raises(SignalError, match="sample 1 has label 2"):
         el2n_scores(model, tok, bad, "ctr", progress=False)
+
+
+@pytest.mark.parametrize("task", ["seqrec", "ctr"])
+@pytest.mark.parametrize("shared_prefix", [16, 0])
+def test_packed_el2n_equals_the_padded_forward(tiny, task, shared_prefix):
+    from goracs.signals import packed as P
+    from goracs.signals.common import common_prefix_len, encode
+
+    model, tok = tiny
+    assert P.packable(model)
+    df = toy_split(11, task, seed=8)
+    if shared_prefix:  # the prompt header is shared, so the packed run really continues from a cached prefix
+        assert common_prefix_len(encode(tok, df, task, 512).ids) > 50
+    padded = el2n_scores(model, tok, df, task, batch_size=4, packed=False, progress=False)
+    got = el2n_scores(model, tok, df, task, batch_size=4, shared_prefix=shared_prefix, progress=False)
+    np.testing.assert_allclose(got, padded, rtol=1e-5, atol=1e-7)
+    assert np.ptp(got) > 0  # not a constant that would match trivially
+    # a batch of one: the common prefix of a single sample stops before its first scored position
+    one = el2n_scores(model, tok, df.iloc[[3]], task, batch_size=1, progress=False)
+    np.testing.assert_allclose(one, padded[[3]], rtol=1e-5, atol=1e-7)
+
+
+def test_packed_el2n_after_a_warm_up_sees_the_lora_adapters():
+    """After the warm-up the model is a peft model with non-zero LoRA B: the packed forward must include it."""
+    from goracs.signals.grads import ensure_lora
+
+    model, tok = tiny_llama(seed=2)
+    model = ensure_lora(model, lora_seed=0)
+    df = toy_split(9, "ctr", seed=3)
+    before = el2n_scores(model, tok, df, "ctr", batch_size=4, progress=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    padded = el2n_scores(model, tok, df, "ctr", batch_size=4, packed=False, progress=False)
+    got = el2n_scores(model, tok, df, "ctr", batch_size=4, progress=False)
+    np.testing.assert_allclose(got, padded, rtol=1e-5, atol=1e-7)
+    assert np.max(np.abs(got - before)) > 1e-2  # the adapters changed the scores

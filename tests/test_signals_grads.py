@@ -15,7 +15,7 @@ import torch
 from goracs.models import ModelError, tiny_llama
 from goracs.signals import grads as G
 from goracs.signals import packed as P
-from goracs.signals.common import SignalError, answer_token_ids, encode, length_batches, pad_right
+from goracs.signals.common import SignalError, answer_token_ids, common_prefix_len, encode, length_batches, pad_right
 from goracs.signals.toy import toy_split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def test_batched_equals_per_sample_loop(tiny, frames, task, packed):
 def test_shared_prefix_cache_changes_nothing_but_the_work(tiny, frames, task, monkeypatch):
     model, tok = tiny
     df = frames[task]
-    assert G.common_prefix_len(encode(tok, df, task, 512), task) > 50  # header + instruction are shared
+    assert common_prefix_len(encode(tok, df, task, 512).ids) > 50  # header + instruction are shared
     used = {"n": 0}
     real = G._batch_norms_prefix
 
@@ -70,8 +70,8 @@ def test_shared_prefix_cache_changes_nothing_but_the_work(tiny, frames, task, mo
     # a sample with another instruction shortens the shared prefix to the header; still exact
     other = df.copy()
     other.loc[0, "instruction"] = "Rate it."
-    short = G.common_prefix_len(encode(tok, other, task, 512), task)
-    assert 16 < short < G.common_prefix_len(encode(tok, df, task, 512), task)
+    short = common_prefix_len(encode(tok, other, task, 512).ids)
+    assert 16 < short < common_prefix_len(encode(tok, df, task, 512).ids)
     np.testing.assert_allclose(G.grad_norms(model, tok, other, task, **kw),
                                G.grad_norms_loop(model, tok, other, task, progress=False), rtol=1e-4)
     assert used["n"] == 8
@@ -93,7 +93,7 @@ def test_packed_path_with_and_without_prefix(tiny, frames, task, monkeypatch):
 
     monkeypatch.setattr(G, "_batch_norms_packed", spy)
     loop = G.grad_norms_loop(model, tok, df, task, progress=False)
-    c = G.common_prefix_len(encode(tok, df, task, 512), task)
+    c = common_prefix_len(encode(tok, df, task, 512).ids)
     for kw, expect in ((dict(), c), (dict(shared_prefix=0), 0), (dict(shared_prefix=c + 1), 0)):
         prefixes.clear()
         out = G.grad_norms(model, tok, df, task, batch_size=3, progress=False, **kw)
@@ -110,7 +110,7 @@ def test_packed_when_the_prefix_leaves_one_token(tiny, frames):
     model, tok = tiny
     df = frames["seqrec"].iloc[[2, 2, 2]].reset_index(drop=True)
     enc = encode(tok, df, "seqrec", 512)
-    assert G.common_prefix_len(enc, "seqrec") == len(enc.ids[0]) - 1
+    assert common_prefix_len(enc.ids) == len(enc.ids[0]) - 1
     out = G.grad_norms(model, tok, df, "seqrec", batch_size=2, progress=False)
     np.testing.assert_allclose(out, G.grad_norms_loop(model, tok, df, "seqrec", progress=False), rtol=1e-4)
     assert np.ptp(out) == 0
@@ -121,7 +121,7 @@ def test_packed_layers_match_the_model_forward(tiny, frames):
     model, tok = tiny
     enc = encode(tok, frames["ctr"], "ctr", 512)
     rows = [0, 3, 5]
-    c = G.common_prefix_len(enc, "ctr")
+    c = common_prefix_len(enc.ids)
     decoder = P.base_model(model).model
     ids, mask = pad_right([enc.ids[k] for k in rows], 0, "cpu")
     with torch.no_grad():

@@ -145,3 +145,16 @@ def length_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
         raise SignalError(f"batch_size must be at least 1, got {batch_size}")
     order = np.argsort(np.asarray(lengths), kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def common_prefix_len(ids: list[list[int]]) -> int:
+    """Tokens every sample starts with that can be computed once: it stops one token before the first difference
+    (so a SeqRec token loss inside it has the same target in every sample) and leaves every sample at least one
+    token after it."""
+    first = np.asarray(ids[0])
+    p = len(first)
+    for row in ids[1:]:
+        m = min(p, len(row))
+        neq = np.flatnonzero(first[:m] != np.asarray(row[:m]))
+        p = int(neq[0]) if len(neq) else m
+    return max(0, min(p - 1, min(len(i) for i in ids) - 1))

@@ -4,6 +4,12 @@ CTR: the 2-way softmax over the "Yes"/"No" logits at the answer position against
 ||(p_yes, p_no) - (y, 1 - y)||_2 = sqrt(2) * |P(Yes) - y|. SeqRec: the mean over response tokens (the target
 title and the closing eos) of ||softmax(logits) - one-hot(next token)||_2 over the whole vocabulary.
 The warm-up fine-tune (configs/signals: el2n_warmup_epochs, 0 = the starting point) is run by the pipeline.
+
+For LLaMA decoders the scores come from the packed forward of goracs.signals.packed (as the gradient norms do):
+the prompt prefix that every sample shares runs once, the suffixes run without padding, and the last layer, the
+final norm and the output head run only at the positions that are scored (CTR: the answer position and the
+Yes/No rows of the head; SeqRec: the positions that predict a response token). Other models, or packed=False,
+use the padded Hugging Face forward; both give the same scores.
 """
 
 from __future__ import annotations
@@ -12,14 +18,106 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from goracs.signals.common import (SignalError, answer_token_ids, backbone, encode, length_batches, model_device,
-                                   pad_id_of, pad_right)
+from goracs.signals import packed as P
+from goracs.signals.common import (Encoded, SignalError, answer_token_ids, backbone, common_prefix_len, encode,
+                                   length_batches, model_device, pad_id_of, pad_right)
+
+
+def _scores(task: str, logits: torch.Tensor, targets: torch.Tensor, seg: torch.Tensor, n_rows: int,
+            yes_no) -> torch.Tensor:
+    """EL2N of n_rows samples from the logits at their scored positions (CTR: one per sample, full-vocabulary
+    or the two Yes/No columns; SeqRec: one per response token, `seg` = its sample, `targets` = the token)."""
+    if task == "ctr":
+        if logits.shape[1] != 2:
+            logits = logits[:, list(yes_no)]
+        p_yes = torch.softmax(logits.float(), dim=-1)[:, 0]
+        return np.sqrt(2.0) * (p_yes - targets.float()).abs()
+    probs = torch.softmax(logits.float(), dim=-1)
+    p_true = probs.gather(1, targets[:, None]).squeeze(1)
+    err = ((probs * probs).sum(1) - 2 * p_true + 1).clamp_min(0).sqrt()
+    score = torch.zeros(n_rows, device=logits.device).index_add_(0, seg, err)
+    return score / torch.bincount(seg, minlength=n_rows).float()
+
+
+def _response_rows(enc: Encoded, rows, start: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    """Per sample: the positions (minus `start`) that predict a response token, and those tokens."""
+    q, t = [], []
+    for k in rows:
+        pos = range(max(enc.n_prompt[k], 1), len(enc.ids[k]))
+        q.append([p - 1 - start for p in pos])
+        t.append([enc.ids[k][p] for p in pos])
+    return q, t
+
+
+def _packed_prefix(model, enc: Encoded, task: str, min_len: int) -> tuple[int, P.PrefixKV | None]:
+    """The shared prompt prefix run once: (its length, its key/value cache), or (0, None) when it is shorter
+    than min_len. It stops before the first scored position, so every scored row lies in the packed suffix."""
+    c = common_prefix_len(enc.ids)
+    if task == "seqrec":
+        c = min(c, min(max(p, 1) for p in enc.n_prompt) - 1)
+    if min_len <= 0 or c < max(1, int(min_len)):
+        return 0, None
+    return c, P.prefix_cache(model, enc.ids[0][:c], model_device(model))
+
+
+def _packed_batch(model, enc: Encoded, rows: np.ndarray, task: str, yes_no, c: int, kv) -> torch.Tensor:
+    """EL2N of the samples `rows` from the packed forward (see the module docstring)."""
+    dev = model_device(model)
+    base = P.base_model(model)
+    dec, head = base.model, base.get_output_embeddings()
+    layers = list(dec.layers)[: int(base.config.num_hidden_layers)]
+    pk = P.pack(model, [enc.ids[k][c:] for k in rows], c, dev)
+    h = dec.embed_tokens(pk.ids)
+    for i, layer in enumerate(layers[:-1]):
+        h = P.layer_forward(layer, h, pk, kv, i)
+    if task == "ctr":
+        q_rows = [[n - 1] for n in pk.lens]
+        targets = torch.as_tensor(enc.labels[rows], device=dev)
+        seg = None
+    else:
+        q_rows, toks = _response_rows(enc, rows, c)
+        targets = torch.as_tensor(np.concatenate(toks), device=dev)
+        seg = torch.as_tensor(np.repeat(np.arange(len(rows)), [len(r) for r in q_rows]), device=dev)
+    k_pre = kv.keys[-1] if kv is not None else None
+    v_pre = kv.values[-1] if kv is not None else None
+    hs = dec.norm(P.last_layer_outputs(layers[-1], h, pk, k_pre, v_pre, q_rows))
+    if task == "ctr" and isinstance(head, torch.nn.Linear):
+        sel = torch.as_tensor(list(yes_no), device=dev)
+        logits = torch.nn.functional.linear(hs, head.weight[sel], None if head.bias is None else head.bias[sel])
+    else:
+        logits = head(hs)
+    return _scores(task, logits, targets, seg, len(rows), yes_no)
+
+
+def _check(score: torch.Tensor, rows: np.ndarray) -> None:
+    if not torch.isfinite(score).all():
+        bad = int(rows[int(torch.nonzero(~torch.isfinite(score))[0])])
+        raise SignalError(f"non-finite EL2N score for sample {bad}; check the model weights and dtype")
+
+
+def _padded_batch(decoder, head, enc: Encoded, rows: np.ndarray, task: str, yes_no, pad_id: int,
+                  dev) -> torch.Tensor:
+    """EL2N of the samples `rows` from the padded Hugging Face forward (any causal LM)."""
+    ids, mask = pad_right([enc.ids[k] for k in rows], pad_id, dev)
+    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    if task == "ctr":
+        last = mask.sum(1) - 1
+        logits = head(hidden[torch.arange(len(rows), device=dev), last])
+        return _scores(task, logits, torch.as_tensor(enc.labels[rows], device=dev), None, len(rows), yes_no)
+    # response targets sit at positions n_prompt..len-1, predicted from one position earlier
+    q_rows, toks = _response_rows(enc, rows)
+    seg = torch.as_tensor(np.repeat(np.arange(len(rows)), [len(r) for r in q_rows]), device=dev)
+    pos = torch.as_tensor(np.concatenate(q_rows), device=dev)
+    targets = torch.as_tensor(np.concatenate(toks), device=dev)
+    return _scores(task, head(hidden[seg, pos]), targets, seg, len(rows), yes_no)
 
 
 @torch.no_grad()
 def el2n_scores(model, tokenizer, df, task: str, batch_size: int = 8, max_len: int = 512,
-                progress: bool = True) -> np.ndarray:
-    """Per-sample EL2N score (N,) float32 of `model` on the split (no gradients, eval mode)."""
+                shared_prefix: int = 16, packed: bool = True, progress: bool = True) -> np.ndarray:
+    """Per-sample EL2N score (N,) float32 of `model` on the split (no gradients, eval mode). `packed` runs
+    LLaMA decoders without padding, with a shared prompt prefix of at least `shared_prefix` tokens run once
+    (0 = off); the scores are the same."""
     enc = encode(tokenizer, df, task, max_len)
     yes_no = answer_token_ids(tokenizer) if task == "ctr" else None
     if task == "seqrec":
@@ -32,35 +130,16 @@ def el2n_scores(model, tokenizer, df, task: str, batch_size: int = 8, max_len: i
     out = np.empty(len(enc.ids), dtype=np.float32)
     training = model.training
     model.eval()
+    use_packed = bool(packed) and P.packable(model)
     try:
+        c, kv = _packed_prefix(model, enc, task, int(shared_prefix)) if use_packed else (0, None)
         with tqdm(total=len(enc.ids), desc=f"EL2N ({task})", disable=not progress) as bar:
             for rows in length_batches([len(i) for i in enc.ids], batch_size):
-                ids, mask = pad_right([enc.ids[k] for k in rows], pad_id, dev)
-                hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-                if task == "ctr":
-                    last = mask.sum(1) - 1
-                    logits = head(hidden[torch.arange(len(rows), device=dev), last]).float()[:, list(yes_no)]
-                    p_yes = torch.softmax(logits, dim=-1)[:, 0]
-                    y = torch.as_tensor(enc.labels[rows], device=dev).float()
-                    score = np.sqrt(2.0) * (p_yes - y).abs()
+                if use_packed:
+                    score = _packed_batch(model, enc, rows, task, yes_no, c, kv)
                 else:
-                    # response targets sit at positions n_prompt..len-1, predicted from one position earlier
-                    b_idx, t_idx = [], []
-                    for j, k in enumerate(rows):
-                        pos = range(max(enc.n_prompt[k], 1), len(enc.ids[k]))
-                        b_idx += [j] * len(pos)
-                        t_idx += list(pos)
-                    b_t = torch.as_tensor(b_idx, device=dev)
-                    t_t = torch.as_tensor(t_idx, device=dev)
-                    probs = torch.softmax(head(hidden[b_t, t_t - 1]).float(), dim=-1)
-                    tgt = ids[b_t, t_t]
-                    p_true = probs.gather(1, tgt[:, None]).squeeze(1)
-                    err = ((probs * probs).sum(1) - 2 * p_true + 1).clamp_min(0).sqrt()
-                    score = torch.zeros(len(rows), device=dev).index_add_(0, b_t, err)
-                    score = score / torch.bincount(b_t, minlength=len(rows)).float()
-                if not torch.isfinite(score).all():
-                    bad = int(rows[int(torch.nonzero(~torch.isfinite(score))[0])])
-                    raise SignalError(f"non-finite EL2N score for sample {bad}; check the model weights and dtype")
+                    score = _padded_batch(decoder, head, enc, rows, task, yes_no, pad_id, dev)
+                _check(score, rows)
                 out[rows] = score.cpu().numpy()
                 bar.update(len(rows))
     finally:

@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from goracs.io import atomic_path, config_hash, save_npy, write_json
 from goracs.models import add_lora
 from goracs.signals import packed as P
-from goracs.signals.common import (Encoded, SignalError, answer_token_ids, backbone, encode, length_batches,
-                                   model_device, pad_id_of, pad_right)
+from goracs.signals.common import (Encoded, SignalError, answer_token_ids, backbone, common_prefix_len, encode,
+                                   length_batches, model_device, pad_id_of, pad_right)
 
 log = logging.getLogger(__name__)
 
@@ -174,22 +174,10 @@ class _Capture:
         self.a = self.out = None
 
 
-def common_prefix_len(enc: Encoded, task: str) -> int:
-    """Tokens every sample starts with that can be computed once: all SeqRec targets inside the prefix are shared
-    (so it stops one token before the first difference) and every sample keeps at least one token after it."""
-    first = np.asarray(enc.ids[0])
-    p = len(first)
-    for ids in enc.ids[1:]:
-        m = min(p, len(ids))
-        neq = np.flatnonzero(first[:m] != np.asarray(ids[:m]))
-        p = int(neq[0]) if len(neq) else m
-    return max(0, min(p - 1, min(len(i) for i in enc.ids) - 1))
-
-
 def _prefix_state(model, lora_b, idx: int, enc: Encoded, task: str, min_len: int):
     """Run the shared prompt prefix once: its key/value cache (detached), the LoRA-A inputs at the target layer
     and, for SeqRec, the summed gradient of the prefix's own token losses (identical for every sample)."""
-    c = common_prefix_len(enc, task)
+    c = common_prefix_len(enc.ids)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if c < max(1, int(min_len)) or idx != int(base.config.num_hidden_layers) - 1:
         # exact only for the last layer: below it, the cached prefix keys/values of the layers above the target

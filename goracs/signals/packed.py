@@ -90,6 +90,18 @@ class PrefixKV:
         self.len = int(keys[0].shape[1]) if keys else 0
 
 
+@torch.no_grad()
+def prefix_cache(model, ids: list[int], device) -> PrefixKV:
+    """Run the prefix `ids` once through the model's own decoder and keep every layer's keys and values."""
+    from transformers import DynamicCache
+
+    dec = base_model(model).model
+    t = torch.as_tensor([list(ids)], device=device)
+    out = dec(input_ids=t, attention_mask=torch.ones_like(t), use_cache=True, past_key_values=DynamicCache())
+    layers = out.past_key_values.layers
+    return PrefixKV([layer.keys[0] for layer in layers], [layer.values[0] for layer in layers])
+
+
 def _attention(attn, q, k, v, pk: Pack, k_pre, v_pre, rows=None):
     """Per-sample causal attention over [prefix; own tokens]. q (Nq, H, d) holds, for each sample, the query
     rows listed in `rows` (per-sample local indices; None = every token); k, v (N, KVH, d) every token.
