@@ -110,7 +110,8 @@ def main() -> int:
                     help="synthetic short histories, or real Games training prompts from ../shared/data")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the speed-ups are wall-time ratios)")
     ap.add_argument("--skip-naive", action="store_true", help="leave out the two per-sample loops")
-    ap.add_argument("--md", default=None, help="write the report here too (e.g. results/bench_signals.md)")
+    ap.add_argument("--md", default=None, help="write the report here too (e.g. results/bench_signals_toy.md)")
+    ap.add_argument("--plot", default=None, help="write a bar chart of the times here (e.g. results/figures/...png)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -151,7 +152,7 @@ def main() -> int:
         rows.append((task, len(df), np.mean(n_tok), best, diffs))
 
     enc_model = load_encoder("minilm")  # load once, outside the timing
-    texts = sample_texts(toy_split(args.n_embed, "seqrec", seed=12), "seqrec")
+    texts = sample_texts(frames(args.data, args.n_embed, "seqrec", seed=12), "seqrec")
     embed_texts(texts[:8], progress=False)
     _, t_emb = timed(lambda: embed_texts(texts, batch_size=64, progress=False))
     del enc_model
@@ -180,15 +181,50 @@ def main() -> int:
                      f"{n / t('batched'):.2f} | {best['el2n'][0]:.1f} ({best['el2n_padded'][0]:.1f}) | "
                      f"{ratio('el2n_padded', 'el2n')} | {n / t('el2n'):.2f} | {diff}; {diffs['el2n']:.1e} |")
     c_emb = CPU.pop(next(iter(CPU)))
-    lines += ["", f"Embeddings (all-MiniLM-L6-v2, batch 64, {len(texts)} SeqRec texts, encoder loaded beforehand): "
+    lines += ["", f"Embeddings (all-MiniLM-L6-v2, batch 64, {len(texts)} SeqRec texts of the same kind, encoder loaded "
+              f"beforehand): "
               f"CPU {c_emb:.1f} s ({len(texts) / c_emb:.0f} samples/s), wall {t_emb:.1f} s "
               f"({len(texts) / t_emb:.0f} samples/s).", "", "Rounds:", ""] + [f"    {r}" for r in rounds]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.md:
         cmd = "OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_signals.py " + " ".join(sys.argv[1:])
-        write_text(args.md, f"# Signal benchmark\n\nCommand: `{cmd}`\n\n{report}")
+        write_text(args.md, f"# Signal benchmark ({args.data})\n\nCommand: `{cmd}`\n\n{report}")
+    if args.plot:
+        plot(rows, args.plot, f"{args.data} prompts, {args.device}", unit)
     return 0
+
+
+LABELS = {"batched": "gradients, batched packed", "padded": "gradients, batched padded",
+          "loop": "gradients, per-sample loop", "naive": "gradients, naive loop", "el2n": "EL2N, packed",
+          "el2n_padded": "EL2N, padded"}
+
+
+def plot(rows, path: str, what: str, unit: str) -> None:
+    """Grouped bars: seconds per method for each task (the cheapest round)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from goracs.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    names = [k for k in LABELS if any(k in r[3] for r in rows)]
+    width = 0.8 / len(rows)
+    for j, (task, n, _, best, _) in enumerate(rows):
+        vals = [best[k][1 if unit == "wall" else 0] if k in best else 0.0 for k in names]
+        bars = ax.bar(np.arange(len(names)) + j * width, vals, width, label=f"{task} ({n} samples)")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(np.arange(len(names)) + width * (len(rows) - 1) / 2, [LABELS[k] for k in names], rotation=20,
+                  ha="right", fontsize=8)
+    ax.set_ylabel(f"{unit} seconds")
+    ax.set_title(f"SmolLM2-135M selection signals: {what}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
 
 
 if __name__ == "__main__":
