@@ -88,3 +88,32 @@ def test_results_table_with_mixed_lambda_column_is_logged(tmp_path, monkeypatch)
     t = json.loads(next((run_dir / "files" / "media" / "table").glob("table_ctr_*.table.json")).read_text())
     assert [row[1] for row in t["data"]] == ["0.1", "-", "0.3"]
     assert [row[2] for row in t["data"]] == [0.7, 0.6, 0.65]  # single-type columns keep their type
+
+
+def test_reading_a_run_file_that_is_still_being_written(tmp_path, monkeypatch):
+    """wandb-core may still be appending after finish(): a half-written record reads as 'not complete yet', never
+    as a parse error; a record that stays corrupt past the wait is named in the error."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with make_logger({"backend": "wandb", "mode": "offline", "project": "goracs", "dir": str(tmp_path)}) as lg:
+        for step in range(5):
+            lg.log_metrics({"val/loss": 1.0 / (step + 1)}, step=step)
+        run_dir = lg.run_dir
+    full = read_offline_run(run_dir)
+    assert full["complete"]
+    src = next(run_dir.glob("run-*.wandb"))
+    data = src.read_bytes()
+    part = tmp_path / "partial" / "offline-run-x"
+    part.mkdir(parents=True)
+    n_steps = []
+    for cut in range(16, len(data), max(1, len(data) // 40)):  # cuts inside headers and inside records
+        (part / src.name).write_bytes(data[:cut])
+        rec = read_offline_run(part, wait_s=0)
+        assert not rec["complete"]
+        n_steps.append(len([h for h in rec["history"] if "val/loss" in h]))
+    assert n_steps == sorted(n_steps) and n_steps[-1] <= 5  # more of the file, more of the history
+    # the same bytes with one record's payload garbled at full length: an error that names the file
+    bad = bytearray(data)
+    bad[7 + 7:7 + 7 + 8] = b"\xff" * 8
+    (part / src.name).write_bytes(bytes(bad))
+    with pytest.raises(LoggerError, match=src.name):
+        read_offline_run(part, wait_s=0)

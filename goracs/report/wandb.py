@@ -207,6 +207,7 @@ def read_offline_run(run_dir: str | os.PathLike, wait_s: float = 30.0) -> dict[s
     wandb-core may still be writing just after `finish()`: wait up to wait_s for the run's exit record."""
     import time
 
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     deadline = time.time() + wait_s
@@ -217,13 +218,19 @@ def read_offline_run(run_dir: str | os.PathLike, wait_s: float = 30.0) -> dict[s
         data = files[0].read_bytes()
         if data[:4] != b":W&B":
             raise LoggerError(f"{files[0]} is not a wandb transaction log")
-        records = []
+        records, error = [], None
         for raw in _log_records(data):
             r = pb.Record()
-            r.ParseFromString(raw)
+            try:
+                r.ParseFromString(raw)
+            except DecodeError as e:  # a record that is still being written: read the file again
+                error = e
+                break
             records.append(r)
-        complete = any(r.WhichOneof("record_type") == "exit" for r in records)
+        complete = error is None and any(r.WhichOneof("record_type") == "exit" for r in records)
         if complete or time.time() > deadline:
+            if error is not None:
+                raise LoggerError(f"{files[0]}: record {len(records)} cannot be parsed ({error})") from error
             break
         time.sleep(0.2)
     out: dict[str, Any] = {"run": {}, "config": {}, "history": [], "summary": {}, "artifacts": [],
@@ -258,6 +265,8 @@ def _log_records(data: bytes, block: int = 32768) -> list[bytes]:
         if typ == 0 and ln == 0:
             pos += left
             continue
+        if pos + 7 + ln > len(data):  # the writer has not finished this record yet
+            break
         chunk = data[pos + 7:pos + 7 + ln]
         pos += 7 + ln
         if typ == 1:

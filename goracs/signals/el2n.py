@@ -23,13 +23,12 @@ from goracs.signals.common import (Encoded, SignalError, answer_token_ids, backb
                                    length_batches, model_device, pad_id_of, pad_right)
 
 
-def _scores(task: str, logits: torch.Tensor, targets: torch.Tensor, seg: torch.Tensor, n_rows: int,
-            yes_no) -> torch.Tensor:
-    """EL2N of n_rows samples from the logits at their scored positions (CTR: one per sample, full-vocabulary
-    or the two Yes/No columns; SeqRec: one per response token, `seg` = its sample, `targets` = the token)."""
+def _scores(task: str, logits: torch.Tensor, targets: torch.Tensor, seg: torch.Tensor | None,
+            n_rows: int) -> torch.Tensor:
+    """EL2N of n_rows samples from the logits at their scored positions (CTR: the (Yes, No) logits, one row per
+    sample, `targets` = the labels; SeqRec: full-vocabulary logits, one row per response token, `seg` = its sample,
+    `targets` = the token)."""
     if task == "ctr":
-        if logits.shape[1] != 2:
-            logits = logits[:, list(yes_no)]
         p_yes = torch.softmax(logits.float(), dim=-1)[:, 0]
         return np.sqrt(2.0) * (p_yes - targets.float()).abs()
     probs = torch.softmax(logits.float(), dim=-1)
@@ -81,12 +80,14 @@ def _packed_batch(model, enc: Encoded, rows: np.ndarray, task: str, yes_no, c: i
     k_pre = kv.keys[-1] if kv is not None else None
     v_pre = kv.values[-1] if kv is not None else None
     hs = dec.norm(P.last_layer_outputs(layers[-1], h, pk, k_pre, v_pre, q_rows))
-    if task == "ctr" and isinstance(head, torch.nn.Linear):
+    if task == "ctr" and isinstance(head, torch.nn.Linear):  # only the two rows of the head that are needed
         sel = torch.as_tensor(list(yes_no), device=dev)
         logits = torch.nn.functional.linear(hs, head.weight[sel], None if head.bias is None else head.bias[sel])
+    elif task == "ctr":
+        logits = head(hs)[:, list(yes_no)]
     else:
         logits = head(hs)
-    return _scores(task, logits, targets, seg, len(rows), yes_no)
+    return _scores(task, logits, targets, seg, len(rows))
 
 
 def _check(score: torch.Tensor, rows: np.ndarray) -> None:
@@ -102,14 +103,14 @@ def _padded_batch(decoder, head, enc: Encoded, rows: np.ndarray, task: str, yes_
     hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
     if task == "ctr":
         last = mask.sum(1) - 1
-        logits = head(hidden[torch.arange(len(rows), device=dev), last])
-        return _scores(task, logits, torch.as_tensor(enc.labels[rows], device=dev), None, len(rows), yes_no)
+        logits = head(hidden[torch.arange(len(rows), device=dev), last])[:, list(yes_no)]
+        return _scores(task, logits, torch.as_tensor(enc.labels[rows], device=dev), None, len(rows))
     # response targets sit at positions n_prompt..len-1, predicted from one position earlier
     q_rows, toks = _response_rows(enc, rows)
     seg = torch.as_tensor(np.repeat(np.arange(len(rows)), [len(r) for r in q_rows]), device=dev)
     pos = torch.as_tensor(np.concatenate(q_rows), device=dev)
     targets = torch.as_tensor(np.concatenate(toks), device=dev)
-    return _scores(task, head(hidden[seg, pos]), targets, seg, len(rows), yes_no)
+    return _scores(task, head(hidden[seg, pos]), targets, seg, len(rows))
 
 
 @torch.no_grad()
