@@ -95,3 +95,26 @@ def test_seqrec_end_to_end_random(tmp_path):
 
 def test_seqrec_only_selector_skips_ctr(tmp_path):
     assert run_all(config(tmp_path, "task=ctr", "selector=dealrec"), tmp_path / "run") == {}
+
+
+def test_el2n_selector_after_a_warm_up_keeps_the_top_scores(tmp_path, monkeypatch):
+    """The EL2N stage on a warmed-up (LoRA) model through the packed forward: the coreset is the top-n of the
+    cached scores, and the scores are valid CTR prediction errors."""
+    import numpy as np
+
+    import goracs.signals.el2n as E
+
+    packed_batches = []
+    real = E._packed_batch
+    monkeypatch.setattr(E, "_packed_batch", lambda *a, **k: packed_batches.append(1) or real(*a, **k))
+    cfg = config(tmp_path, "task=ctr", "selector=el2n", "signals.el2n_warmup_epochs=1",
+                 "signals.el2n_warmup_samples=16")
+    out = run_all(cfg, tmp_path / "run")
+    scores = [np.load(p) for p in tmp_path.rglob("el2n.npy")]
+    assert len(scores) == 1 and len(scores[0]) == 40
+    s = scores[0]
+    assert np.all(np.isfinite(s)) and np.all((s >= 0) & (s <= np.sqrt(2) + 1e-6)) and np.ptp(s) > 0
+    chosen = np.load(out["coreset"])
+    assert len(chosen) == 8 and len(set(chosen.tolist())) == 8
+    assert s[chosen].min() >= np.sort(s)[-8] - 1e-7  # the 8 largest scores
+    assert len(packed_batches) == 5  # 40 samples in batches of 8, all through the packed forward
