@@ -62,19 +62,39 @@ def test_el2n_bad_input(tiny):
 
 @pytest.mark.parametrize("task", ["seqrec", "ctr"])
 @pytest.mark.parametrize("shared_prefix", [16, 0])
-def test_packed_el2n_equals_the_padded_forward(tiny, task, shared_prefix):
+def test_packed_el2n_equals_the_padded_forward(tiny, task, shared_prefix, monkeypatch):
+    """Packed and padded EL2N score the same positions with the same targets and the same logits. (The tiny
+    model's SeqRec scores are all ~1 - a near-uniform softmax - so the scores alone would hide a wrong target;
+    the logits and targets handed to the scoring are compared instead, batch by batch.)"""
+    import goracs.signals.el2n as E
     from goracs.signals import packed as P
-    from goracs.signals.common import common_prefix_len, encode
 
     model, tok = tiny
     assert P.packable(model)
     df = toy_split(11, task, seed=8)
-    if shared_prefix:  # the prompt header is shared, so the packed run really continues from a cached prefix
-        assert common_prefix_len(encode(tok, df, task, 512).ids) > 50
+    seen, prefixes = [], []
+    real_scores, real_prefix = E._scores, E._packed_prefix
+
+    def scores(task_, logits, targets, seg, n_rows):
+        seen.append((logits.detach().clone(), targets.clone(), None if seg is None else seg.clone()))
+        return real_scores(task_, logits, targets, seg, n_rows)
+
+    def prefix(*a, **k):
+        prefixes.append(real_prefix(*a, **k)[0])
+        return real_prefix(*a, **k)
+
+    monkeypatch.setattr(E, "_scores", scores)
+    monkeypatch.setattr(E, "_packed_prefix", prefix)
     padded = el2n_scores(model, tok, df, task, batch_size=4, packed=False, progress=False)
+    n_padded = len(seen)
     got = el2n_scores(model, tok, df, task, batch_size=4, shared_prefix=shared_prefix, progress=False)
     np.testing.assert_allclose(got, padded, rtol=1e-5, atol=1e-7)
-    assert np.ptp(got) > 0  # not a constant that would match trivially
+    assert len(prefixes) == 1
+    assert prefixes[0] > 50 if shared_prefix else prefixes[0] == 0  # header + instruction run once
+    assert n_padded == len(seen) - n_padded == 3  # 11 samples in batches of 4
+    for (lp, tp, sp), (lk, tk, sk) in zip(seen[:n_padded], seen[n_padded:]):
+        assert torch.equal(tp, tk) and (sp is None and sk is None or torch.equal(sp, sk))
+        torch.testing.assert_close(lk.float(), lp.float(), rtol=1e-4, atol=1e-5)
     # a batch of one: the common prefix of a single sample stops before its first scored position
     one = el2n_scores(model, tok, df.iloc[[3]], task, batch_size=1, progress=False)
     np.testing.assert_allclose(one, padded[[3]], rtol=1e-5, atol=1e-7)

@@ -223,7 +223,7 @@ def read_offline_run(run_dir: str | os.PathLike, wait_s: float = 30.0) -> dict[s
             r = pb.Record()
             try:
                 r.ParseFromString(raw)
-            except DecodeError as e:  # a record that is still being written: read the file again
+            except DecodeError as e:  # half-written records are cut off above; wait once more, then report
                 error = e
                 break
             records.append(r)
