@@ -36,13 +36,19 @@ def test_ctr_el2n_is_the_yes_no_prediction_error(tiny):
 
 
 def test_seqrec_el2n_is_the_mean_response_token_error(tiny):
+    import goracs.signals.el2n as E
+    from goracs.signals.common import encode
+
     model, tok = tiny
     df = toy_split(6, "seqrec", seed=5)
     got = el2n_scores(model, tok, df, "seqrec", batch_size=4, progress=False)
+    # the tiny model's softmax is near uniform (every score ~1), so check the scored positions and targets directly
+    rows, targets = E._response_rows(encode(tok, df, "seqrec", 512), range(len(df)))
     for k in range(len(df)):
         p_ids = tok(render_prompt(df.instruction[k], df.input[k])).input_ids
         r_ids = tok(df.output[k], add_special_tokens=False).input_ids + [tok.eos_token_id]
         ids = p_ids + r_ids
+        assert targets[k] == r_ids and rows[k] == list(range(len(p_ids) - 1, len(ids) - 1))
         probs = torch.softmax(_logits(model, ids), -1)
         errs = [torch.linalg.norm(probs[t - 1] - torch.nn.functional.one_hot(torch.tensor(ids[t]), probs.shape[1]))
                 for t in range(len(p_ids), len(ids))]
