@@ -76,23 +76,40 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def frames(data: str, n: int, task: str, seed: int):
+def frames(data: str, n: int, task: str, seed: int, shared_dir: str | None = None):
     """n samples of `task`: synthetic (toy) or drawn from the real Games training split (games)."""
     if data == "toy":
         return toy_split(n, task, seed=seed)
-    from omegaconf import OmegaConf
+    import yaml
 
     from goracs.cache import StageCache
     from goracs.data.prepare import prepare
 
     root = Path(__file__).resolve().parent.parent
-    shared = root.parent / "shared" / "data" / "amazon-games-2018"
+    shared = Path(shared_dir or root.parent / "shared" / "data") / "amazon-games-2018"
     if not shared.is_dir():
         raise SystemExit(f"--data games needs the real Games fixture at {shared} (absent here)")
-    ds = OmegaConf.to_container(OmegaConf.load(root / "configs" / "dataset" / "games_recbole.yaml"))
+    ds = yaml.safe_load((root / "configs" / "dataset" / "games_recbole.yaml").read_text())
     ds["root"] = str(shared)
     d = prepare(ds, {"name": task, "max_history": 10, "n_negatives": 99}, StageCache(root / "cache"), progress=False)
     return d.train.sample(n, random_state=seed).reset_index(drop=True)
+
+
+def model_from_dir(path: str, device: str, seed: int = 0):
+    """SmolLM2-135M from a folder: its weights when the folder has them, else a seeded random initialisation of
+    the same architecture (config.json + tokenizer files only; same shapes, so the same work and timings).
+    For a GPU machine that cannot take the 540 MB weights along."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    if not (folder / "config.json").exists():
+        raise SystemExit(f"--model-dir {folder} has no config.json")
+    tok = AutoTokenizer.from_pretrained(folder)
+    if any(folder.glob("*.safetensors")):
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device), tok, "weights"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    return model.to(device).eval(), tok, "random weights (same architecture)"
 
 
 def main() -> int:
@@ -103,24 +120,30 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds; in each round every method runs once (interleaved, so a change in the machine's "
                          "load hits all methods alike); the table gives each method's round with the least CPU time")
-    ap.add_argument("--n-embed", type=int, default=512, help="texts for the embedding throughput")
+    ap.add_argument("--n-embed", type=int, default=512, help="texts for the embedding throughput (0: skip)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tasks", default="seqrec,ctr")
     ap.add_argument("--data", choices=["toy", "games"], default="toy",
                     help="synthetic short histories, or real Games training prompts from ../shared/data")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the speed-ups are wall-time ratios)")
     ap.add_argument("--skip-naive", action="store_true", help="leave out the two per-sample loops")
+    ap.add_argument("--model-dir", default=None,
+                    help="load SmolLM2 from this folder (random weights when it holds only config + tokenizer)")
+    ap.add_argument("--shared-dir", default=None, help="where amazon-games-2018/ lies (default ../shared/data)")
     ap.add_argument("--md", default=None, help="write the report here too (e.g. results/bench_signals_toy.md)")
     ap.add_argument("--plot", default=None, help="write a bar chart of the times here (e.g. results/figures/...png)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, tok = load_model("smollm2_135m", device=args.device)
+    if args.model_dir:
+        model, tok, weights = model_from_dir(args.model_dir, args.device)
+    else:
+        (model, tok), weights = load_model("smollm2_135m", device=args.device), "weights"
     gpu = args.device != "cpu"
     model = G.ensure_lora(model, lora_seed=0)
     rows, lines, rounds = [], [], []
     for task in args.tasks.split(","):
-        df = frames(args.data, args.n, task, seed=11)
+        df = frames(args.data, args.n, task, seed=11, shared_dir=args.shared_dir)
         n_tok = [len(i) for i in encode(tok, df, task, 512).ids]
         G.grad_norms(model, tok, df.iloc[:2], task, batch_size=2, progress=False)  # warm-up (one-time costs)
         G.grad_norms(model, tok, df.iloc[:2], task, batch_size=2, packed=False, progress=False)
@@ -151,16 +174,20 @@ def main() -> int:
         diffs["el2n"] = rel(vals["el2n"], vals["el2n_padded"])
         rows.append((task, len(df), np.mean(n_tok), best, diffs))
 
-    enc_model = load_encoder("minilm")  # load once, outside the timing
-    texts = sample_texts(frames(args.data, args.n_embed, "seqrec", seed=12), "seqrec")
-    embed_texts(texts[:8], progress=False)
-    _, t_emb = timed(lambda: embed_texts(texts, batch_size=64, progress=False))
-    del enc_model
+    texts, c_emb = [], None
+    if args.n_embed > 0:
+        enc_model = load_encoder("minilm")  # load once, outside the timing
+        texts = sample_texts(frames(args.data, args.n_embed, "seqrec", seed=12, shared_dir=args.shared_dir), "seqrec")
+        embed_texts(texts[:8], progress=False)
+        fn = lambda: embed_texts(texts, batch_size=64, progress=False)  # noqa: E731
+        _, t_emb = timed(fn)
+        c_emb = CPU.pop(fn)
+        del enc_model
 
     data = ("synthetic samples (goracs.signals.toy, 1-10 history titles)" if args.data == "toy" else
             "real Amazon Games training prompts (../shared/data, 10-title histories), a seeded random draw")
     unit = "wall" if gpu else "CPU"
-    head = (f"SmolLM2-135M-Instruct (fp32, LoRA r=8 on q_proj/v_proj, gradient w.r.t. LoRA B of v_proj in the last "
+    head = (f"SmolLM2-135M-Instruct ({weights}, fp32, LoRA r=8 on q_proj/v_proj, gradient w.r.t. LoRA B of v_proj in the last "
             f"layer), {args.device} ({torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()}), "
             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, batch size {args.batch_size}, "
@@ -180,15 +207,15 @@ def main() -> int:
                      f"{cell('naive')} | **{ratio('naive')}** | {ratio('loop')} | {ratio('padded')} | "
                      f"{n / t('batched'):.2f} | {t('el2n'):.1f} ({t('el2n_padded'):.1f}) | "
                      f"{ratio('el2n_padded', 'el2n')} | {n / t('el2n'):.2f} | {diff}; {diffs['el2n']:.1e} |")
-    c_emb = CPU.pop(next(iter(CPU)))
-    lines += ["", f"Embeddings (all-MiniLM-L6-v2, batch 64, {len(texts)} SeqRec texts of the same kind, encoder loaded "
-              f"beforehand): "
-              f"CPU {c_emb:.1f} s ({len(texts) / c_emb:.0f} samples/s), wall {t_emb:.1f} s "
-              f"({len(texts) / t_emb:.0f} samples/s).", "", "Rounds:", ""] + [f"    {r}" for r in rounds]
+    if c_emb is not None:
+        lines += ["", f"Embeddings (all-MiniLM-L6-v2, batch 64, {len(texts)} SeqRec texts of the same kind, encoder "
+                  f"loaded beforehand): CPU {c_emb:.1f} s ({len(texts) / c_emb:.0f} samples/s), wall {t_emb:.1f} s "
+                  f"({len(texts) / t_emb:.0f} samples/s)."]
+    lines += ["", "Rounds:", ""] + [f"    {r}" for r in rounds]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.md:
-        cmd = "OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_signals.py " + " ".join(sys.argv[1:])
+        cmd = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} python scripts/bench_signals.py " + " ".join(sys.argv[1:])
         write_text(args.md, f"# Signal benchmark ({args.data})\n\nCommand: `{cmd}`\n\n{report}")
     if args.plot:
         plot(rows, args.plot, f"{args.data} prompts, {args.device}", unit)
