@@ -158,3 +158,13 @@ def common_prefix_len(ids: list[list[int]]) -> int:
         neq = np.flatnonzero(first[:m] != np.asarray(row[:m]))
         p = int(neq[0]) if len(neq) else m
     return max(0, min(p - 1, min(len(i) for i in ids) - 1))
+
+
+def yes_no_logits(head, hs: torch.Tensor, yes_no) -> torch.Tensor:
+    """The "Yes"/"No" logits (float32) only: two rows of a linear output head instead of the whole vocabulary.
+    (With 8-bit loading transformers keeps lm_head unquantised, so it is a plain Linear there too.)"""
+    if isinstance(head, torch.nn.Linear):
+        rows = torch.as_tensor(list(yes_no), device=hs.device)
+        bias = head.bias[rows] if head.bias is not None else None
+        return torch.nn.functional.linear(hs, head.weight[rows], bias).float()
+    return head(hs).float()[:, list(yes_no)]

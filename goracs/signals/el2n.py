@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from goracs.signals import packed as P
 from goracs.signals.common import (Encoded, SignalError, answer_token_ids, backbone, common_prefix_len, encode,
-                                   length_batches, model_device, pad_id_of, pad_right)
+                                   length_batches, model_device, pad_id_of, pad_right, yes_no_logits)
 
 
 def _scores(task: str, logits: torch.Tensor, targets: torch.Tensor, seg: torch.Tensor | None,
@@ -62,13 +62,9 @@ def _packed_prefix(model, enc: Encoded, task: str, min_len: int) -> tuple[int, P
 def _packed_batch(model, enc: Encoded, rows: np.ndarray, task: str, yes_no, c: int, kv) -> torch.Tensor:
     """EL2N of the samples `rows` from the packed forward (see the module docstring)."""
     dev = model_device(model)
-    base = P.base_model(model)
-    dec, head = base.model, base.get_output_embeddings()
-    layers = list(dec.layers)[: int(base.config.num_hidden_layers)]
+    dec, head, layers = P.decoder_parts(model)
     pk = P.pack(model, [enc.ids[k][c:] for k in rows], c, dev)
-    h = dec.embed_tokens(pk.ids)
-    for i, layer in enumerate(layers[:-1]):
-        h = P.layer_forward(layer, h, pk, kv, i)
+    h = P.lower_layers(model, pk, kv)
     if task == "ctr":
         q_rows = [[n - 1] for n in pk.lens]
         targets = torch.as_tensor(enc.labels[rows], device=dev)
@@ -80,13 +76,7 @@ def _packed_batch(model, enc: Encoded, rows: np.ndarray, task: str, yes_no, c: i
     k_pre = kv.keys[-1] if kv is not None else None
     v_pre = kv.values[-1] if kv is not None else None
     hs = dec.norm(P.last_layer_outputs(layers[-1], h, pk, k_pre, v_pre, q_rows))
-    if task == "ctr" and isinstance(head, torch.nn.Linear):  # only the two rows of the head that are needed
-        sel = torch.as_tensor(list(yes_no), device=dev)
-        logits = torch.nn.functional.linear(hs, head.weight[sel], None if head.bias is None else head.bias[sel])
-    elif task == "ctr":
-        logits = head(hs)[:, list(yes_no)]
-    else:
-        logits = head(hs)
+    logits = yes_no_logits(head, hs, yes_no) if task == "ctr" else head(hs)
     return _scores(task, logits, targets, seg, len(rows))
 
 
@@ -103,7 +93,7 @@ def _padded_batch(decoder, head, enc: Encoded, rows: np.ndarray, task: str, yes_
     hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
     if task == "ctr":
         last = mask.sum(1) - 1
-        logits = head(hidden[torch.arange(len(rows), device=dev), last])[:, list(yes_no)]
+        logits = yes_no_logits(head, hidden[torch.arange(len(rows), device=dev), last], yes_no)
         return _scores(task, logits, torch.as_tensor(enc.labels[rows], device=dev), None, len(rows))
     # response targets sit at positions n_prompt..len-1, predicted from one position earlier
     q_rows, toks = _response_rows(enc, rows)

@@ -39,7 +39,7 @@ from goracs.io import atomic_path, config_hash, save_npy, write_json
 from goracs.models import add_lora
 from goracs.signals import packed as P
 from goracs.signals.common import (Encoded, SignalError, answer_token_ids, backbone, common_prefix_len, encode,
-                                   length_batches, model_device, pad_id_of, pad_right)
+                                   length_batches, model_device, pad_id_of, pad_right, yes_no_logits)
 
 log = logging.getLogger(__name__)
 
@@ -262,15 +262,6 @@ def _packed_state(model, lora_b, idx: int, pre: dict | None) -> dict | None:
     return st
 
 
-def _yes_no_logits(head, hs: torch.Tensor, yes_no) -> torch.Tensor:
-    """The "Yes"/"No" logits only (two rows of the output head instead of the whole vocabulary)."""
-    if isinstance(head, torch.nn.Linear):
-        rows = torch.as_tensor(list(yes_no), device=hs.device)
-        bias = head.bias[rows] if head.bias is not None else None
-        return F.linear(hs, head.weight[rows], bias).float()
-    return head(hs).float()[:, list(yes_no)]
-
-
 def _plain_head(head, hs: torch.Tensor) -> bool:
     """A float32 linear output head without bias (the closed-form token-loss gradient applies)."""
     return (isinstance(head, torch.nn.Linear) and head.bias is None and head.weight.dtype == torch.float32
@@ -302,9 +293,7 @@ def _batch_norms_packed(model, lora_b, enc: Encoded, rows: np.ndarray, task: str
     layers below the target run without autograd, and the target (last) layer computes its queries, attention
     output, MLP, final norm and head only at the positions that enter a loss (keys and values everywhere)."""
     dev, c, b = model_device(model), st["len"], len(rows)
-    base = P.base_model(model)
-    dec, head = base.model, base.get_output_embeddings()
-    layers = list(dec.layers)[: int(base.config.num_hidden_layers)]
+    dec, head, layers = P.decoder_parts(model)
     pk = P.pack(model, [enc.ids[k][c:] for k in rows], c, dev)
     # SeqRec: the per-sample mean divides by ALL predicted tokens (prefix included)
     n_tok = torch.as_tensor([len(enc.ids[k]) - 1 for k in rows], device=dev, dtype=torch.float32) \
@@ -313,10 +302,7 @@ def _batch_norms_packed(model, lora_b, enc: Encoded, rows: np.ndarray, task: str
         # every suffix is one token that predicts nothing: the prefix's own token losses are the whole loss
         grads = st["grad"][None] / n_tok[:, None, None]
         return grads.flatten(1).norm(dim=1).cpu().numpy().astype(np.float32)
-    with torch.no_grad():
-        h = dec.embed_tokens(pk.ids)
-        for i, layer in enumerate(layers[:-1]):
-            h = P.layer_forward(layer, h, pk, st["kv"], i)
+    h = P.lower_layers(model, pk, st["kv"])
     if task == "seqrec":  # suffix positions with a next token (the prefix's own losses are in st["grad"])
         q_rows = [list(range(n - 1)) for n in pk.lens]
     else:  # the answer position
@@ -344,7 +330,7 @@ def _batch_norms_packed(model, lora_b, enc: Encoded, rows: np.ndarray, task: str
                 loss = loss.index_add(0, seg_q, ce) / n_tok
         else:
             labels = torch.as_tensor(enc.labels[rows], device=dev)
-            loss = F.cross_entropy(_yes_no_logits(head, hs, yes_no), (labels == 0).long(), reduction="none")
+            loss = F.cross_entropy(yes_no_logits(head, hs, yes_no), (labels == 0).long(), reduction="none")
         _check_finite(loss, rows, task)
         if cap.out is None:
             raise SignalError("the LoRA B module was never called in the forward pass (adapters disabled?)")

@@ -41,9 +41,17 @@ def packable(model) -> bool:
     return True
 
 
+def decoder_parts(model):
+    """(decoder, output head, decoder layers) of a packable model."""
+    base = base_model(model)
+    dec = base.model
+    return dec, base.get_output_embeddings(), list(dec.layers)[: int(base.config.num_hidden_layers)]
+
+
 @dataclass
 class Pack:
-    """The suffix tokens of a batch, one after the other: ids (N,), per-sample lengths and offsets, rotary table."""
+    """The suffix tokens of a batch, one after the other: ids (N,), per-sample lengths and offsets, rotary table,
+    and the additive causal mask over [prefix; own tokens] for the longest sample (shared by every layer)."""
 
     ids: torch.Tensor
     lens: list[int]
@@ -51,6 +59,7 @@ class Pack:
     cos: torch.Tensor
     sin: torch.Tensor
     prefix: int
+    bias: torch.Tensor
 
 
 def pack(model, seqs: list[list[int]], prefix: int, device) -> Pack:
@@ -64,7 +73,10 @@ def pack(model, seqs: list[list[int]], prefix: int, device) -> Pack:
     pos = torch.as_tensor(np.concatenate([np.arange(prefix, prefix + n) for n in lens]), device=device)
     probe = dec.embed_tokens.weight[:1]
     cos, sin = dec.rotary_emb(probe, pos[None])
-    return Pack(ids, lens, offs, cos[0], sin[0], int(prefix))
+    longest = max(lens)
+    bias = torch.zeros((longest, prefix + longest), dtype=probe.dtype, device=device)
+    bias.masked_fill_(~_mask(longest, prefix, longest, device), float("-inf"))
+    return Pack(ids, lens, offs, cos[0], sin[0], int(prefix), bias)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -113,9 +125,7 @@ def _attention(attn, q, k, v, pk: Pack, k_pre, v_pre, rows=None):
     c = pk.prefix
     n_heads, n_kv = q.shape[1], k.shape[1]
     group = n_heads // n_kv
-    longest = max(pk.lens)
-    bias = torch.zeros((longest, c + longest), dtype=q.dtype, device=q.device)
-    bias.masked_fill_(~_mask(longest, c, longest, q.device), float("-inf"))
+    bias = pk.bias.to(q.dtype)
     out, qo = [], 0
     for b, (o, n) in enumerate(zip(pk.offs, pk.lens)):
         sel = None if rows is None else rows[b]
@@ -160,6 +170,16 @@ def layer_forward(layer, h: torch.Tensor, pk: Pack, kv: PrefixKV | None, idx: in
     v_pre = kv.values[idx] if kv is not None and pk.prefix else None
     h = h + attn.o_proj(_attention(attn, q, k, v, pk, k_pre, v_pre))
     return h + _mlp(layer.mlp, layer.post_attention_layernorm(h))
+
+
+@torch.no_grad()
+def lower_layers(model, pk: Pack, kv: PrefixKV | None) -> torch.Tensor:
+    """Hidden states of the packed tokens after every decoder layer but the last (no autograd)."""
+    dec, _, layers = decoder_parts(model)
+    h = dec.embed_tokens(pk.ids)
+    for i, layer in enumerate(layers[:-1]):
+        h = layer_forward(layer, h, pk, kv, i)
+    return h
 
 
 def last_layer_outputs(layer, h: torch.Tensor, pk: Pack, k_pre, v_pre, rows: list[list[int]]) -> torch.Tensor:
