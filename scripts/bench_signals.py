@@ -36,7 +36,7 @@ from goracs.signals.toy import toy_split  # noqa: E402
 def naive_loop(model, tok, df, task, max_len=512):
     """What a straightforward implementation does: every LoRA matrix trainable, a full backward per sample."""
     enc = encode(tok, df, task, max_len)
-    yes_no = G.answer_token_ids(tok) if task == "ctr" else None
+    yes_no = G.ctr_answer_ids(tok, df) if task == "ctr" else None
     lora_b, _ = G.lora_b_module(model, -1)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for n_, p in model.named_parameters():

@@ -83,3 +83,15 @@ def test_provenance_reads_the_commits_of_the_runs(tmp_path):
     write_tables([tmp_path / "runs"], tmp_path / "results")
     md = (tmp_path / "results" / "table_ctr.md").read_text()
     assert "code commit(s) abcdef1, abcdef1+dirty." in md
+
+
+def test_a_task_without_runs_keeps_its_table(tmp_path):
+    fake_runs(tmp_path / "runs")
+    for d in (tmp_path / "runs").glob("run*_seqrec"):  # only the CTR half was re-run
+        (d / "metrics.json").unlink()
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "table_seqrec.md").write_text("earlier SeqRec table\n")
+    write_tables([tmp_path / "runs"], out)
+    assert (out / "table_seqrec.md").read_text() == "earlier SeqRec table\n"
+    assert "| goracs |" in (out / "table_ctr.md").read_text()

@@ -233,7 +233,11 @@ def test_class_budgets_sum_and_shares():
     yv = np.array([0] * 70 + [1] * 20 + [2] * 10)
     b = class_budgets(yv, 64)
     assert sum(b.values()) == 64
-    assert b[0] == round(64 * 0.7) and b[1] == round(64 * 0.2) and b[2] == 64 - b[0] - b[1]
+    assert b[1] == round(64 * 0.2) and b[2] == round(64 * 0.1) and b[0] == 64 - b[1] - b[2]
+    # binary, as the authors: n_pos = round(n * positive share), n_neg = the rest (0.375 * 4 = 1.5 -> 2)
+    assert class_budgets(np.array([0] * 5 + [1] * 3), 4) == {0: 2, 1: 2}
+    assert class_budgets(np.array([0] * 3 + [1] * 7), 5) == {0: 1, 1: 4}  # 3.5 -> 4 positives (half to even)
+    assert class_budgets(np.array([0] * 79 + [1] * 21), 64) == {0: 64 - round(64 * 0.21), 1: round(64 * 0.21)}
     with pytest.raises(SelectionError):
         class_budgets(yv, 2)
     with pytest.raises(SelectionError):
@@ -276,7 +280,7 @@ def test_config_keys():
     cfg = yaml.safe_load((Path(__file__).parents[1] / "configs/selector/goracs.yaml").read_text())
     assert cfg["name"] == "goracs"
     rest = {k: v for k, v in cfg.items() if k not in ("name", "budget")}
-    assert set(rest) == {"lam", "max_iters", "cut_num", "mi_estimate", "label_enhanced", "device"}
+    assert set(rest) == {"lam", "max_iters", "cut_num", "mi_estimate", "label_enhanced", "device", "label_cost"}
     # values may be interpolations resolved by Hydra from the task config; the literal ones must be accepted
     GoracsSelector(**{k: v for k, v in rest.items() if not (isinstance(v, str) and v.startswith("${"))})
 

@@ -297,12 +297,12 @@ def test_bad_inputs_fail_clearly(tiny, frames):
     with pytest.raises(SignalError, match="label"):
         G.grad_norms(model, tok, frames["seqrec"].drop(columns="label"), "ctr", progress=False)
 
-    class SplitsYes:
-        def encode(self, w, add_special_tokens=False):
-            return [1, 2] if w == "Yes" else [3]
-
-    with pytest.raises(SignalError, match="splits 'Yes' into 2 tokens"):
-        answer_token_ids(SplitsYes())
+    prompt = "### Response:\n"
+    assert len(tok("Surely yes indeed", add_special_tokens=False).input_ids) > 1
+    with pytest.raises(SignalError, match="splits the answer 'Surely yes indeed' into"):
+        answer_token_ids(tok, prompt, ("Surely yes indeed", "No"))
+    with pytest.raises(SignalError, match="same token"):
+        answer_token_ids(tok, prompt, ("No", "No"))
 
     plain, _ = tiny_llama(seed=0, vocab_from=tok)
     q_only = G.add_lora(plain, target_modules=("q_proj",))

@@ -11,7 +11,7 @@ import torch
 from goracs.evaluate.common import DataError
 from goracs.models import tiny_llama
 from goracs.prompts import CTR_INSTRUCTION, SEQREC_INSTRUCTION, ctr_input, ctr_response, seqrec_input
-from goracs.train import (encode_samples, load_config_file, select_coreset, sequence_loss, train_config,
+from goracs.train import (encode_samples, eval_cadence, load_config_file, select_coreset, sequence_loss, train_config,
                           train_lora)
 
 torch.set_num_threads(1)
@@ -51,10 +51,24 @@ def test_config_files_merge_defaults():
     d = train_config(load_config_file(ROOT / "configs/train/default.yaml"), "ctr")
     assert d["lr"] == pytest.approx(1e-3) and d["cutoff_len"] == 256  # ctr override applied
     p = train_config(load_config_file(ROOT / "configs/train/paper_ctr.yaml"), "ctr")
-    assert p["lr"] == pytest.approx(1e-5) and p["epochs"] == 200 and p["batch_size"] == 128
+    assert p["lr"] == pytest.approx(1e-5) and p["epochs"] == 20 and p["batch_size"] == 128
     assert p["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+    # the authors' CTR recipe: 20 warm-up steps then linear decay, validation every 10 steps up to n = 128, else
+    # every 20, patience 5, the two-way loss
+    assert (p["warmup_steps"], p["scheduler"], p["patience"], p["ctr_loss"]) == (20, "linear", 5, "two_way")
+    assert eval_cadence(p, 64, 1) == 10 and eval_cadence(p, 128, 1) == 10 and eval_cadence(p, 129, 2) == 20
+    both = train_config(load_config_file(ROOT / "configs/train/paper.yaml"), "ctr")
+    assert {k: both[k] for k in ("lr", "epochs", "warmup_steps", "scheduler", "eval_every_steps", "ctr_loss",
+                                 "eval_every_steps_above_n")} == \
+        {k: p[k] for k in ("lr", "epochs", "warmup_steps", "scheduler", "eval_every_steps", "ctr_loss",
+                           "eval_every_steps_above_n")}
     s = train_config(load_config_file(ROOT / "configs/train/paper_seqrec.yaml"), "seqrec")
     assert s["lr"] == pytest.approx(1e-4) and s["epochs"] == 50 and s["patience"] == 5
+    # the authors validate every 100 steps: at n = 1,024 (8 steps an epoch, 50 epochs) 4 times, fewer than the
+    # patience of 5, so early stopping never acts
+    assert eval_cadence(s, 1024, 8) == 100 and 8 * 50 // 100 == 4 < s["patience"]
+    es = train_config(load_config_file(ROOT / "configs/train/paper_seqrec_es.yaml"), "seqrec")
+    assert eval_cadence(es, 1024, 8) == 8 and es["lr"] == s["lr"]
 
 
 def test_ctr_encoding_masks_the_prompt_and_seqrec_does_not():
@@ -111,13 +125,15 @@ def test_finetune_lowers_loss_saves_nonempty_adapter_that_reloads(tmp_path, tiny
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_cfg):
     model, tok = tiny_llama(seed=1)
     train = ctr_df(4).assign(output="Yes.", label=1)
-    val = ctr_df(4).assign(output="No.", label=0)  # falls while "." and eos are learnt, then rises with P(Yes)
-    cfg = {**train_config(tiny_cfg, "ctr"), "epochs": 30, "patience": 2, "eval_every_steps": 1}
+    # the token loss falls while "." and eos are learnt, then rises with P(Yes)
+    val = ctr_df(4).assign(output="No.", label=0)
+    cfg = {**train_config(tiny_cfg, "ctr"), "epochs": 30, "patience": 2, "eval_every_steps": 1, "ctr_loss": "token"}
     peft_model, rep = train_lora(model, tok, train, val, "ctr", cfg, tmp_path)
     assert rep["stopped_early"] and rep["steps"] < 30 and rep["steps"] == rep["best_step"] + 2  # 2 worse evals
+    assert rep["best_step"] > 1
     assert [h["step"] for h in rep["history"]] == list(range(rep["steps"] + 1))
     assert all(h["val_loss"] > rep["best_val_loss"] for h in rep["history"][rep["best_step"] + 1:])
-    vl = sequence_loss(peft_model, tok, val, "ctr")
+    vl = sequence_loss(peft_model, tok, val, "ctr", ctr_loss="token")
     assert vl.mean() == pytest.approx(rep["best_val_loss"], rel=1e-5)  # the best checkpoint was restored
 
 
@@ -132,8 +148,13 @@ def test_ctr_finetune_lowers_answer_loss(tmp_path, tiny_cfg):
     after = sequence_loss(peft_model, tok, df, "ctr")
     logged = [(h["_step"], h["val/loss"]) for h in lg.history if "val/loss" in h]
     assert logged == [(h["step"], h["val_loss"]) for h in rep["history"]]
-    assert (after < before).all() and after.mean() < before.mean() - 0.1, (before.mean(), after.mean())
-    assert rep["effective_batch"] == 4 and rep["grad_accum"] == 2
+    # the two-way Yes/No loss starts near ln 2 and falls (16 steps on the random tiny model move it a little)
+    assert abs(before.mean() - np.log(2)) < 0.05 and after.mean() < before.mean() - 0.05, (before.mean(), after.mean())
+    assert rep["effective_batch"] == 4 and rep["grad_accum"] == 2 and rep["ctr_loss"] == "two_way"
+    token = train_lora(tiny_llama(seed=2)[0], tok, df, df, "ctr", {**train_config(tiny_cfg, "ctr"),
+                                                                    "ctr_loss": "token"}, tmp_path / "token")[0]
+    t_before = sequence_loss(tiny_llama(seed=2)[0], tok, df, "ctr", ctr_loss="token")
+    assert sequence_loss(token, tok, df, "ctr", ctr_loss="token").mean() < t_before.mean() - 0.1
 
 
 def test_bad_inputs_fail_clearly(tmp_path, tiny_cfg):

@@ -15,10 +15,11 @@ from goracs.data.datasets import cache_key, load_interactions
 from goracs.data.samples import TASKS, build_samples
 from goracs.data.splits import sample_negatives, split_samples
 from goracs.io import save_parquet, write_json
+from goracs.prompts import PromptTemplate, resolve_template
 
 log = logging.getLogger(__name__)
 
-DATA_VERSION = 1  # bump when sample construction changes, so old caches are not reused
+DATA_VERSION = 1  # bump when sample construction changes (the prompt text is part of the key: prepare_key)
 
 
 @dataclass
@@ -37,29 +38,39 @@ class PreparedData:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]
 
 
-def prepare_key(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """Everything that determines the prepared samples."""
-    return {"version": DATA_VERSION, "dataset": cache_key(dataset_cfg), "task": dict(task_cfg), "seed": seed}
+def task_template(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any],
+                  prompt_cfg: Any = None) -> PromptTemplate:
+    """The prompt template of this dataset and task in the prompt set `prompt_cfg` (None = the generic default)."""
+    return resolve_template(prompt_cfg, str(dataset_cfg.get("name", "default")), task_cfg["name"])
+
+
+def prepare_key(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], seed: int,
+                prompt_cfg: Any = None) -> dict[str, Any]:
+    """Everything that determines the prepared samples, the prompt template's text included."""
+    return {"version": DATA_VERSION, "dataset": cache_key(dataset_cfg), "task": dict(task_cfg), "seed": seed,
+            "prompt": task_template(dataset_cfg, task_cfg, prompt_cfg).as_dict()}
 
 
 def prepare(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], cache: StageCache, seed: int = 0,
-            progress: bool = True) -> PreparedData:
-    """Build (or load from cache) the samples of one dataset for one task."""
+            progress: bool = True, prompt_cfg: Any = None) -> PreparedData:
+    """Build (or load from cache) the samples of one dataset for one task, with the prompt set `prompt_cfg`
+    (a `prompt` config; None = the generic default set)."""
     task = task_cfg["name"]
     if task not in TASKS:
         raise ValueError(f"unknown task '{task}'; known: {list(TASKS)}")
-    key = prepare_key(dataset_cfg, task_cfg, seed)
+    key = prepare_key(dataset_cfg, task_cfg, seed, prompt_cfg)
     if not cache.done("prepare", key):
         with cache.build("prepare", key) as tmp:
-            _build(dataset_cfg, task_cfg, seed, tmp, progress)
+            _build(dataset_cfg, task_cfg, seed, tmp, progress, task_template(dataset_cfg, task_cfg, prompt_cfg))
     return load_prepared(cache.path("prepare", key))
 
 
-def _build(dataset_cfg, task_cfg, seed, out: Path, progress: bool) -> None:
+def _build(dataset_cfg, task_cfg, seed, out: Path, progress: bool, template: PromptTemplate) -> None:
     task = task_cfg["name"]
     inter, titles, stats = load_interactions(dataset_cfg, progress=progress)
     samples, sstats = build_samples(inter, titles, task, max_history=int(task_cfg.get("max_history", 10)),
-                                    min_history=int(dataset_cfg.get("min_history", 1)), progress=progress)
+                                    min_history=int(dataset_cfg.get("min_history", 1)), progress=progress,
+                                    template=template)
     split_cfg = dataset_cfg.get("split", {}) or {}
     parts, pstats = split_samples(samples, method=split_cfg.get("method", "auto"),
                                   n_valid=split_cfg.get("n_valid", 5000), n_test=split_cfg.get("n_test", 5000),
@@ -75,8 +86,8 @@ def _build(dataset_cfg, task_cfg, seed, out: Path, progress: bool) -> None:
     save_parquet(out / "catalogue.parquet", catalogue)
     labelled = {name: float((df["label"] == 1).mean()) if len(df) else None for name, df in parts.items()}
     write_json(out / "stats.json", {"dataset": dataset_cfg.get("name"), "task": task, "read": stats,
-                                    "samples": sstats, "split": pstats, "catalogue_items": len(catalogue),
-                                    "positive_share": labelled})
+                                    "prompt": template.as_dict(), "samples": sstats, "split": pstats,
+                                    "catalogue_items": len(catalogue), "positive_share": labelled})
 
 
 def load_prepared(path: Path) -> PreparedData:

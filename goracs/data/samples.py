@@ -39,11 +39,17 @@ def dedupe_interactions(inter: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def build_samples(inter: pd.DataFrame, titles: dict[str, str], task: str, max_history: int = 10,
-                  min_history: int = 1, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                  min_history: int = 1, progress: bool = True,
+                  template: prompts.PromptTemplate | None = None) -> tuple[pd.DataFrame, dict]:
     """Build one sample per target position: for each user, positions min(h, len-1) .. len-1 are targets, with the
-    up to h previous items as history (h = max_history). Interactions must carry user, item, label, timestamp."""
+    up to h previous items as history (h = max_history). Interactions must carry user, item, label, timestamp.
+    `template` (the task's prompt template; None = the generic default) writes the instruction, input and output
+    columns and is stored in the `prompt_template` column, from which every consumer renders the prompt."""
     if task not in TASKS:
         raise ValueError(f"unknown task '{task}'; known: {list(TASKS)}")
+    tpl = template if template is not None else prompts.DEFAULT_TEMPLATES[task]
+    if tpl.task != task:
+        raise ValueError(f"the prompt template '{tpl.set}' is for task {tpl.task}, not {task}")
     if max_history < 1 or min_history < 1 or min_history > max_history:
         raise ValueError(f"need 1 <= min_history ({min_history}) <= max_history ({max_history})")
     df = normalise_interactions(inter)
@@ -84,19 +90,19 @@ def build_samples(inter: pd.DataFrame, titles: dict[str, str], task: str, max_hi
     samples = pd.DataFrame(out)
     samples["label"] = samples["label"].astype(np.int64)
     samples["position"] = samples["position"].astype(np.int64)
+    samples["instruction"] = tpl.instruction
     if task == "ctr":
         hist_labels = _history_labels(df, samples)
-        samples["instruction"] = prompts.CTR_INSTRUCTION
         samples["input"] = [
-            prompts.ctr_input([titles[h] for h, l in zip(hist, hl) if l == 1],
-                              [titles[h] for h, l in zip(hist, hl) if l != 1], titles[t])
+            tpl.ctr_input([titles[h] for h, l in zip(hist, hl) if l == 1],
+                          [titles[h] for h, l in zip(hist, hl) if l != 1], titles[t])
             for hist, hl, t in zip(samples["history"], hist_labels, samples["target"])]
-        samples["output"] = [prompts.ctr_response(l) for l in samples["label"]]
+        samples["output"] = [tpl.ctr_response(l) for l in samples["label"]]
         samples["history_labels"] = hist_labels
     else:
-        samples["instruction"] = prompts.SEQREC_INSTRUCTION
-        samples["input"] = [prompts.seqrec_input([titles[h] for h in hist]) for hist in samples["history"]]
-        samples["output"] = [prompts.seqrec_response(titles[t]) for t in samples["target"]]
+        samples["input"] = [tpl.seqrec_input([titles[h] for h in hist]) for hist in samples["history"]]
+        samples["output"] = [tpl.seqrec_response(titles[t]) for t in samples["target"]]
+    samples[prompts.TEMPLATE_COLUMN] = tpl.to_json()
     stats["samples"] = len(samples)
     return samples, stats
 

@@ -12,7 +12,7 @@ import torch
 log = logging.getLogger(__name__)
 
 TASKS = ("seqrec", "ctr")
-CTR_ANSWERS = {"Yes.": 1, "No.": 0}
+CTR_ANSWERS = {"Yes.": 1, "No.": 0, "Yes": 1, "No": 0}  # the default prompts' answers, then the paper's
 
 
 class DataError(ValueError):
@@ -62,8 +62,8 @@ def check_samples(df, task: str, name: str = "samples", require: Sequence[str] =
     if task == "ctr":
         bad = [i for i, v in zip(df.index, df["output"]) if v.strip() not in CTR_ANSWERS]
         if bad:
-            raise DataError(f"{name}: CTR output must be 'Yes.' or 'No.'; sample(s) {bad[:5]} have "
-                            f"{[df.loc[i, 'output'] for i in bad[:3]]}")
+            raise DataError(f"{name}: CTR output must be 'Yes.' or 'No.' (paper prompts: 'Yes' or 'No'); "
+                            f"sample(s) {bad[:5]} have {[df.loc[i, 'output'] for i in bad[:3]]}")
     if "label" in df.columns and task == "ctr":
         lab = df["label"].to_numpy()
         if not np.isin(lab, (0, 1)).all():
@@ -84,6 +84,18 @@ def encode_prompt_answer(tokenizer, prompt: str, answer: str) -> tuple[list[int]
         return list(p), list(full[len(p):])
     # the tokenizer merged across the boundary: encode the answer on its own
     return list(p), list(tokenizer(answer, add_special_tokens=False).input_ids)
+
+
+def answer_ids_in_context(tokenizer, prompt: str, words: Sequence[str] = ("Yes", "No")) -> list[list[int]]:
+    """Token ids of each answer word as it follows `prompt` (never encoded without context: a SentencePiece
+    tokenizer gives a word at the start of a text another id than after a newline)."""
+    out = []
+    for w in words:
+        _, ids = encode_prompt_answer(tokenizer, prompt, w)
+        if not ids:
+            raise DataError(f"the tokenizer encodes the answer {w!r} to no token")
+        out.append(ids)
+    return out
 
 
 def truncate(ids: list[int], cutoff_len: int, side: str = "left") -> list[int]:

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from goracs.evaluate.common import (DataError, check_samples, encode_prompt_answer, lm_forward, model_device,
+from goracs.evaluate.common import (DataError, answer_ids_in_context, check_samples, lm_forward, model_device,
                                     pad_batch, set_threads, sharded_map, to_dict, truncate)
 from goracs.evaluate.metrics import auc_logloss
-from goracs.prompts import render_prompt
+from goracs.prompts import sample_prompts
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,7 @@ CTR_EVAL_DEFAULTS: dict[str, Any] = {"batch_size": 8, "cutoff_len": 512, "yes": 
 
 def answer_token_ids(tokenizer, prompt: str, yes: str = "Yes", no: str = "No") -> tuple[list[int], list[int]]:
     """Token ids of the Yes and No answers as they follow a prompt."""
-    _, y = encode_prompt_answer(tokenizer, prompt, yes)
-    _, n = encode_prompt_answer(tokenizer, prompt, no)
-    if not y or not n:
-        raise DataError(f"the tokenizer encodes {yes!r} or {no!r} to no token")
+    y, n = answer_ids_in_context(tokenizer, prompt, (yes, no))
     if y == n:
         raise DataError(f"{yes!r} and {no!r} encode to the same tokens {y}")
     return y, n
@@ -90,7 +87,7 @@ def evaluate_ctr(model, tokenizer, test_df, cfg: Any = None) -> dict[str, Any]:
     c = {**CTR_EVAL_DEFAULTS, **to_dict(cfg)}
     set_threads(c["num_threads"])
     check_samples(test_df, "ctr", "CTR test samples", require=("label",))
-    prompts = [render_prompt(i, x) for i, x in zip(test_df["instruction"], test_df["input"])]
+    prompts = sample_prompts(test_df)  # the frame's prompt template, as in training and the signals
     p, method = p_yes(model, tokenizer, prompts, c)
     labels = test_df["label"].to_numpy().astype(int)
     m = auc_logloss(labels, p)

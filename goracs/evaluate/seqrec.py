@@ -19,7 +19,7 @@ from goracs.evaluate.common import (DataError, check_samples, lm_forward, model_
                                     sharded_map, to_dict, truncate)
 from goracs.evaluate.metrics import hr_ndcg, rank_of_target
 from goracs.io import config_hash, save_npy
-from goracs.prompts import render_prompt
+from goracs.prompts import sample_prompts
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def evaluate_seqrec(model, base_model, tokenizer, test_df, catalogue, cfg: Any =
     if c["max_samples"] and len(test_df) > int(c["max_samples"]):
         test_df = test_df.sample(n=int(c["max_samples"]), random_state=int(c["seed"])).sort_index()
     _check_test(test_df, catalogue, c["protocol"], c["num_negatives"])
-    prompts = [render_prompt(i, x) for i, x in zip(test_df["instruction"], test_df["input"])]
+    prompts = sample_prompts(test_df)  # the frame's prompt template, as in training and the signals
     gens = generate_titles(model, tokenizer, prompts, c)
     with base_model_context(model, base_model) as base:
         cat_emb = catalogue_embeddings(base, tokenizer, catalogue, cache_dir, int(c["embed_batch_size"]),

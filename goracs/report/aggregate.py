@@ -102,7 +102,8 @@ def provenance(runs: pd.DataFrame, roots: Iterable[str | os.PathLike]) -> str:
 
 
 def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
-    """Write table_<task>.md and table_<task>.csv for both tasks; returns the summaries."""
+    """Write table_<task>.md and table_<task>.csv for every task that has runs (a task without runs keeps the
+    table files it has, e.g. when only one task's half of a study was re-run); returns the summaries."""
     roots = list(roots)
     runs = collect(roots)
     out_dir = Path(out_dir)
@@ -110,6 +111,11 @@ def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike)
     for task in METRICS:
         s = summarise(runs, task) if not runs.empty else pd.DataFrame()
         part = runs[runs["task"] == task] if not runs.empty else runs
+        if part.empty and (out_dir / f"table_{task}.md").exists():
+            log.warning("no %s runs under %s: %s left as it is", task, ", ".join(map(str, roots)),
+                        out_dir / f"table_{task}.md")
+            out[task] = s
+            continue
         write_text(out_dir / f"table_{task}.md", f"# {task} results\n\n" + provenance(part, roots)
                    + to_markdown(s, task))
         with atomic_path(out_dir / f"table_{task}.csv") as tmp:

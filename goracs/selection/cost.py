@@ -50,8 +50,13 @@ def check_inputs(train_emb, val_emb, grad_norms) -> tuple[np.ndarray, np.ndarray
 
 
 def compute_cost(train_emb, val_emb, grad_norms, lam: float, *, device: str = "auto",
-                 chunk_rows: int = 2048, out: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
-    """Cost C (N x M, float32) of method.md 2: min-max normalised (D / max D - lam * g / max g)."""
+                 chunk_rows: int = 2048, out: np.ndarray | None = None, progress: bool = False,
+                 scale_distances: bool = True, grad_max: float | None = None) -> np.ndarray:
+    """Cost C (N x M, float32) of method.md 2: min-max normalised (D / max D - lam * g / max g).
+
+    `scale_distances=False` keeps the raw L2 distances (D instead of D / max D) and `grad_max` divides the
+    gradient norms by a given maximum instead of their own (the authors' label-enhanced cost: raw within-class
+    distances, gradients divided by the maximum over the whole pool, then min-max per class block)."""
     X, Y, g = check_inputs(train_emb, val_emb, grad_norms)
     if not np.isfinite(lam):
         raise SelectionError(f"lambda must be finite, got {lam}")
@@ -60,7 +65,9 @@ def compute_cost(train_emb, val_emb, grad_norms, lam: float, *, device: str = "a
     C = np.empty((N, M), dtype=np.float32) if out is None else out
     if C.shape != (N, M) or C.dtype != np.float32 or not C.flags.c_contiguous:
         raise SelectionError(f"out must be a C-contiguous float32 array of shape {(N, M)}")
-    gmax = float(g.max())
+    gmax = float(g.max()) if grad_max is None else float(grad_max)
+    if grad_max is not None and (not np.isfinite(gmax) or gmax < float(g.max())):
+        raise SelectionError(f"grad_max {grad_max} is below the largest gradient norm {float(g.max())}")
     if gmax <= 0:
         warnings.warn("all gradient norms are zero: the cost reduces to the distance term", stacklevel=2)
         gs = np.zeros(N)
@@ -89,7 +96,7 @@ def compute_cost(train_emb, val_emb, grad_norms, lam: float, *, device: str = "a
             rowmax[s:e] = d.max(1).values.double().cpu().numpy()
             C[s:e] = d.cpu().numpy()
             del Xc, d2, d
-        dmax = float(rowmax.max())
+        dmax = float(rowmax.max()) if scale_distances else 1.0
         if dmax <= 0:
             warnings.warn("every train-validation distance is zero", stacklevel=2)
             dmax = 1.0

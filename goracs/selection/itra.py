@@ -9,6 +9,9 @@ among equal gains, the smallest row index (the plain greedy's first argmax).
 Stage 2 tries exchanges (i out, o in) in the order given by the MI estimate (method.md 3.3), screens each pair
 with a weak-duality lower bound on its POO, and re-solves the survivors exactly by successive shortest paths
 (goracs.selection.ot.ExchangeSolver) instead of a cold network simplex.
+
+mi_estimate="reference" runs both stages in goracs.selection.reference instead: the authors' decisions exactly
+(float32 greedy gains, cold-solve duals, their float32 estimate and ordering), see that module.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from goracs.selection.base import Selection, SelectionError, Selector, Signals, register
 from goracs.selection.ot import ExchangeSolver, ceil_div, ctransform, poo
+from goracs.selection.reference import greedy_reference, refine_reference
 
 MI_MODES = ("tight", "reference")
 ACCEPT_TOL = 1e-12  # an exchange must lower the POO by more than this (guards against float ties cycling)
@@ -679,7 +683,10 @@ def _pair_bounds(C, rows, u, f1, f2, arg, cnt, slot, outer, R):
 
 
 def mi_scores(C: np.ndarray, rows: np.ndarray, u: np.ndarray, mode: str = "tight") -> tuple[np.ndarray, np.ndarray]:
-    """MI estimates (method.md 3.3): (scores of every row of C, +inf on S; scores of each slot of S)."""
+    """MI estimates (method.md 3.3): (scores of every row of C, +inf on S; scores of each slot of S).
+
+    mode="reference" is the authors' estimate in float64 (R-th largest, no leave-one-out); the decision-exact
+    reference engine uses their float32 evaluation instead (reference.mi_scores_reference)."""
     if mode not in MI_MODES:
         raise SelectionError(f"mi_estimate must be one of {MI_MODES}, got {mode!r}")
     rows = np.asarray(rows, dtype=np.int64)
@@ -697,9 +704,15 @@ def mi_scores(C: np.ndarray, rows: np.ndarray, u: np.ndarray, mode: str = "tight
 
 def refine(C: np.ndarray, rows: np.ndarray, *, max_iters: int = 100, cut_num: int = 30, mi_estimate: str = "tight",
            screen: bool = True, verify: bool = False, progress: bool = False) -> tuple[np.ndarray, dict]:
-    """Stage 2 (method.md 3.2-3.3): first-improvement exchanges ranked by the MI estimate; exact POO each time."""
+    """Stage 2 (method.md 3.2-3.3): first-improvement exchanges ranked by the MI estimate; exact POO each time.
+
+    mi_estimate="reference" hands over to reference.refine_reference (the authors' decisions; `rows` is then
+    taken as their ordered list)."""
     if mi_estimate not in MI_MODES:
         raise SelectionError(f"mi_estimate must be one of {MI_MODES}, got {mi_estimate!r}")
+    if mi_estimate == "reference":
+        return refine_reference(C, rows, max_iters=max_iters, cut_num=cut_num, screen=screen, verify=verify,
+                                progress=progress)
     t0 = time.perf_counter()
     c0 = time.process_time()  # CPU time too: on a shared machine it is the steadier measure
     N, M = C.shape
@@ -724,20 +737,14 @@ def refine(C: np.ndarray, rows: np.ndarray, *, max_iters: int = 100, cut_num: in
             stop = "no_outside_candidates"
             break
         rounds += 1
-        largest = mi_estimate == "reference"
         f1, f2, arg, cnt = es.ctransform_current()  # reuses the accepted exchange's certificate sweep
         in_s[:] = False
         in_s[es.rows] = True
         n_out = min(cut_num, N - n)
-        if largest:  # the reference estimate has no usable bound: re-score every row
-            outer_sc = _outer_scores(C, f1, R, n, largest, in_s)
-            outer = np.argsort(outer_sc, kind="stable")[:n_out]  # most promising (lowest estimate) first
-        else:
-            outer = lazy.top(f1, in_s, n_out)
-        inner_sc = _inner_scores(C, es.rows, f1, f2, arg, cnt, R, largest, not largest)
+        outer = lazy.top(f1, in_s, n_out)  # most promising (lowest estimate) first
+        inner_sc = _inner_scores(C, es.rows, f1, f2, arg, cnt, R, False, True)
         keep = np.argsort(inner_sc, kind="stable")[-min(cut_num, n):]  # the cut_num highest: cheapest to remove
-        # tight: most removable first; reference quirk 3: ascending within the kept set.
-        inner_slots = keep if largest else keep[::-1]
+        inner_slots = keep[::-1]  # most removable first
         done = False
         first = True
         for slot in inner_slots:
@@ -797,7 +804,10 @@ def itra(C: np.ndarray, n: int, *, max_iters: int = 100, cut_num: int = 30, mi_e
     if n >= N:
         warnings.warn(f"budget {n} >= pool size {N}: returning the whole pool", stacklevel=2)
         return np.arange(N), {"whole_pool": True}
-    rows, info = greedy_init(C, n, lazy=True, progress=progress)
+    if mi_estimate == "reference":
+        rows, info = greedy_reference(C, n, progress=progress)  # the authors' float32 gains, pick order kept
+    else:
+        rows, info = greedy_init(C, n, lazy=True, progress=progress)
     rows, rep = refine(C, rows, max_iters=max_iters, cut_num=cut_num, mi_estimate=mi_estimate, screen=screen,
                        verify=verify, progress=progress)
     info.update(rep)
@@ -830,8 +840,13 @@ class GoracsSelector(Selector):
 
     def __init__(self, lam: float = 0.1, max_iters: int = 100, cut_num: int = 30, mi_estimate: str = "tight",
                  label_enhanced: Any = "auto", device: str = "auto", screen: bool = True, verify: bool = False,
-                 progress: bool = True, chunk_rows: int = 2048):
+                 progress: bool = True, chunk_rows: int = 2048, label_cost: str = "authors"):
         _check_params(lam, max_iters, cut_num, mi_estimate, label_enhanced)
+        from goracs.selection.label import LABEL_COSTS
+
+        if label_cost not in LABEL_COSTS:
+            raise SelectionError(f"label_cost must be one of {LABEL_COSTS}, got {label_cost!r}")
+        self.label_cost = label_cost
         self.lam = float(lam)
         self.max_iters = int(max_iters)
         self.cut_num = int(cut_num)
@@ -860,7 +875,8 @@ class GoracsSelector(Selector):
                 raise SelectionError("label-enhanced ITRA needs both labels and val_labels")
             idx, report = label_enhanced_itra(signals.embeddings, signals.val_embeddings, signals.grad_norms,
                                               signals.labels, signals.val_labels, budget, lam=self.lam,
-                                              device=str(dev), chunk_rows=self.chunk_rows, **self._itra_kwargs())
+                                              device=str(dev), chunk_rows=self.chunk_rows,
+                                              label_cost=self.label_cost, **self._itra_kwargs())
         else:
             C = compute_cost(signals.embeddings, signals.val_embeddings, signals.grad_norms, self.lam,
                              device=str(dev), chunk_rows=self.chunk_rows, progress=self.progress)

@@ -10,7 +10,8 @@ from goracs.selection.base import SelectionError
 
 
 def class_budgets(val_labels, n: int, train_labels=None) -> dict[int, int]:
-    """n_c = round(n * share of class c in V) for all but the last class (sorted); the last takes the rest."""
+    """n_c = round(n * share of class c in V) for every class but the first (sorted), which takes the rest: for
+    CTR the authors' rule, n_pos = round(n * positive share of V) and n_neg = n - n_pos."""
     yv = np.asarray(val_labels).reshape(-1)
     if len(yv) == 0:
         raise SelectionError("the validation set is empty: class budgets need validation labels")
@@ -26,9 +27,9 @@ def class_budgets(val_labels, n: int, train_labels=None) -> dict[int, int]:
                              "every class needs at least one selected sample")
     shares = counts / counts.sum()
     b = np.zeros(K, dtype=np.int64)
-    b[:-1] = np.round(n * shares[:-1]).astype(np.int64)  # numpy rounds half to even, like Python's round
-    b[-1] = n - b[:-1].sum()
-    if b[-1] < 0 or (b == 0).any():
+    b[1:] = np.round(n * shares[1:]).astype(np.int64)  # numpy rounds half to even, like Python's round
+    b[0] = n - b[1:].sum()
+    if b[0] < 0 or (b == 0).any():
         # Rounding can starve or overdraw a class when n is close to K; fall back to largest remainders with
         # one sample per class first, which still sums to n and follows the shares.
         warnings.warn(f"class budgets {b.tolist()} from rounding are invalid for n={n}; using largest remainders "
@@ -66,9 +67,19 @@ def class_budgets(val_labels, n: int, train_labels=None) -> dict[int, int]:
     return out
 
 
+LABEL_COSTS = ("authors", "block")
+
+
 def label_enhanced_itra(train_emb, val_emb, grad_norms, labels, val_labels, n: int, *, lam: float,
-                        device: str = "cpu", chunk_rows: int = 2048, **itra_kwargs):
-    """Run ITRA on each (T_c x V_c) block with the cost re-normalised inside the block; return the union."""
+                        device: str = "cpu", chunk_rows: int = 2048, label_cost: str = "authors", **itra_kwargs):
+    """Run ITRA on each (T_c x V_c) block with the cost re-normalised inside the block; return the union.
+
+    label_cost="authors" (default, as their LabelEnhancedITRA): raw within-class L2 distances and gradient norms
+    divided by their maximum over the whole pool, C~ = D - lam * g / max_T g, then min-max inside the block.
+    label_cost="block": the method.md 2 cost computed inside the block (distances divided by the block's maximum
+    distance, gradient norms by the block's maximum), then min-max inside the block."""
+    if label_cost not in LABEL_COSTS:
+        raise SelectionError(f"label_cost must be one of {LABEL_COSTS}, got {label_cost!r}")
     from goracs.selection.cost import compute_cost
     from goracs.selection.itra import itra
 
@@ -82,6 +93,7 @@ def label_enhanced_itra(train_emb, val_emb, grad_norms, labels, val_labels, n: i
     if len(yv) != len(Y):
         raise SelectionError(f"{len(yv)} validation labels for {len(Y)} validation samples: lengths differ")
     budgets = class_budgets(yv, n, yt)
+    gpool = float(np.max(g)) if len(g) else 0.0
     picked, per_class = [], {}
     for c, nc in budgets.items():
         if nc == 0:
@@ -92,12 +104,16 @@ def label_enhanced_itra(train_emb, val_emb, grad_norms, labels, val_labels, n: i
             picked.append(tidx)
             per_class[c] = {"budget": nc, "pool": len(tidx), "whole_class": True}
             continue
-        C = compute_cost(X[tidx], Y[vidx], g[tidx], lam, device=device, chunk_rows=chunk_rows)
+        if label_cost == "authors":
+            C = compute_cost(X[tidx], Y[vidx], g[tidx], lam, device=device, chunk_rows=chunk_rows,
+                             scale_distances=False, grad_max=gpool if gpool > 0 else None)
+        else:
+            C = compute_cost(X[tidx], Y[vidx], g[tidx], lam, device=device, chunk_rows=chunk_rows)
         rows, rep = itra(C, nc, **itra_kwargs)
         del C
         picked.append(tidx[rows])
         rep.update({"budget": nc, "pool": len(tidx), "n_val": len(vidx)})
         per_class[c] = rep
     idx = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
-    report = {"class_budgets": budgets, "per_class": per_class}
+    report = {"class_budgets": budgets, "per_class": per_class, "label_cost": label_cost}
     return idx, report

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from goracs.evaluate.common import model_device  # noqa: F401  (re-exported for the signal modules)
-from goracs.prompts import render_prompt
+from goracs.prompts import render_prompt, sample_prompts
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,27 @@ def check_frame(df, task: str, need_output: bool = True, need_label: bool = Fals
             raise SignalError(f"CTR labels must be 0 or 1; sample {bad[0]} has label {lab[bad[0]]}")
 
 
-def answer_token_ids(tokenizer) -> tuple[int, int]:
-    """Token ids of "Yes" and "No"; fails when the tokenizer splits either into several tokens."""
-    out = []
-    for w in ANSWER_WORDS:
-        ids = tokenizer.encode(w, add_special_tokens=False)
-        if len(ids) != 1:
-            raise SignalError(f"the tokenizer splits {w!r} into {len(ids)} tokens {ids}; the CTR loss "
-                              "needs single-token Yes/No answers")
-        out.append(int(ids[0]))
-    return out[0], out[1]
+def answer_token_ids(tokenizer, prompt: str, words: tuple[str, str] = ANSWER_WORDS) -> tuple[int, int]:
+    """Token ids of "Yes" and "No" as they follow `prompt` (the answer in context, as training and evaluation see
+    it: a SentencePiece tokenizer such as LLaMA's gives "Yes" after "### Response:\n" another id than "Yes" on its
+    own); fails, naming the words, when either is not a single token there or both are the same token."""
+    from goracs.evaluate.common import answer_ids_in_context
+
+    ids = answer_ids_in_context(tokenizer, prompt, words)
+    for w, t in zip(words, ids):
+        if len(t) != 1:
+            raise SignalError(f"the tokenizer splits the answer {w!r} into {len(t)} tokens {t} after the prompt; "
+                              f"the CTR loss needs single-token answers {list(words)}")
+    if ids[0] == ids[1]:
+        raise SignalError(f"the answers {list(words)} encode to the same token {ids[0]} after the prompt")
+    return int(ids[0][0]), int(ids[1][0])
+
+
+def ctr_answer_ids(tokenizer, df, words: tuple[str, str] = ANSWER_WORDS) -> tuple[int, int]:
+    """The in-context "Yes"/"No" ids for a CTR split (every prompt ends with the same response header, so the
+    first sample's prompt decides)."""
+    row = df.iloc[0]
+    return answer_token_ids(tokenizer, render_prompt(str(row["instruction"]), str(row["input"]), df), words)
 
 
 @dataclass
@@ -80,7 +91,7 @@ def encode(tokenizer, df, task: str, max_len: int) -> Encoded:
     eos = tokenizer.eos_token_id
     if task == "seqrec" and eos is None:
         raise SignalError("the tokenizer has no eos token; the SeqRec training text ends with one")
-    prompts = [render_prompt(str(i), str(x)) for i, x in zip(df["instruction"], df["input"])]
+    prompts = sample_prompts(df)
     p_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     ids, n_prompt, first_cut, n_cut = [], [], None, 0
     if task == "seqrec":

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from goracs.signals import packed as P
-from goracs.signals.common import (Encoded, SignalError, answer_token_ids, backbone, common_prefix_len, encode,
+from goracs.signals.common import (Encoded, SignalError, backbone, ctr_answer_ids, common_prefix_len, encode,
                                    length_batches, model_device, pad_id_of, pad_right, yes_no_logits)
 
 
@@ -110,7 +110,7 @@ def el2n_scores(model, tokenizer, df, task: str, batch_size: int = 8, max_len: i
     LLaMA decoders without padding, with a shared prompt prefix of at least `shared_prefix` tokens run once
     (0 = off); the scores are the same."""
     enc = encode(tokenizer, df, task, max_len)
-    yes_no = answer_token_ids(tokenizer) if task == "ctr" else None
+    yes_no = ctr_answer_ids(tokenizer, df) if task == "ctr" else None
     if task == "seqrec":
         empty = [k for k, (ids, p) in enumerate(zip(enc.ids, enc.n_prompt)) if len(ids) <= p]
         if empty:

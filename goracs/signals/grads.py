@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from goracs.io import atomic_path, config_hash, save_npy, write_json
 from goracs.models import add_lora
 from goracs.signals import packed as P
-from goracs.signals.common import (Encoded, SignalError, answer_token_ids, backbone, common_prefix_len, encode,
+from goracs.signals.common import (Encoded, SignalError, backbone, ctr_answer_ids, common_prefix_len, encode,
                                    length_batches, model_device, pad_id_of, pad_right, yes_no_logits)
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,7 @@ def _batch_norms(model, lora_b: torch.nn.Module, enc: Encoded, rows: np.ndarray,
 # ------------------------------------------------------------------------------------------------- public API
 def _prepare(model, tokenizer, df, task, layer, max_len, lora_seed, lora=None):
     enc = encode(tokenizer, df, task, max_len)
-    yes_no = answer_token_ids(tokenizer) if task == "ctr" else None
+    yes_no = ctr_answer_ids(tokenizer, df) if task == "ctr" else None
     model = ensure_lora(model, lora_seed=lora_seed, **dict(lora or {}))
     lora_b, idx = lora_b_module(model, layer)
     return model, enc, yes_no, lora_b, idx
