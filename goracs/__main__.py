@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from goracs import pipeline
 from goracs.runinfo import write_run_info
+from goracs.validate import check_config
 
 log = logging.getLogger("goracs")
 
@@ -23,6 +24,7 @@ def run(cfg: DictConfig, out_dir: Path):
     """Run the configured stage and record how it was run."""
     if cfg.stage not in STAGES:
         raise ValueError(f"unknown stage '{cfg.stage}'; known: {list(STAGES)}")
+    check_config(cfg)  # every setting the stage reads, before anything is computed (ConfigError names the bad ones)
     if cfg.get("threads"):
         import torch
 

@@ -1,9 +1,16 @@
 """One caching mechanism for every stage: a folder per (stage, hash of what determines the artifact), built in a
-temporary folder and renamed into place when complete, so a killed stage never leaves a half artifact."""
+temporary folder and renamed into place when complete, so a killed stage never leaves a half artifact.
+
+Concurrency: `lock(stage, key)` is an inter-process file lock per artifact. A caller holds it around "check,
+compute, build", so two processes that need the same artifact build it once: the second waits, then finds it
+done. The lock is an OS lock (flock), released when its holder exits or is killed. Temporary folders that a
+killed builder left behind are removed by the next holder of the lock; a complete artifact is never removed or
+replaced."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import uuid
@@ -13,6 +20,18 @@ from typing import Any, Iterator
 from goracs.io import config_hash, write_json
 
 DONE = "_DONE"
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on `path` (created if missing) for the duration of the block."""
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path)):
+        yield
 
 
 class StageCache:
@@ -30,22 +49,48 @@ class StageCache:
         return (self.path(stage, key) / DONE).exists()
 
     @contextlib.contextmanager
+    def lock(self, stage: str, key: Any) -> Iterator[Path]:
+        """Hold the artifact's lock (yields its final folder); leftovers of killed builders are cleared."""
+        final = self.path(stage, key)
+        with file_lock(final.with_name(f".{final.name}.lock")):
+            self._clear_leftovers(final)
+            yield final
+
+    @staticmethod
+    def _clear_leftovers(final: Path) -> None:
+        # only the lock holder builds, so temporary folders of this key belong to builders that died
+        for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists() and not (final / DONE).exists():  # an incomplete folder from an older version's build
+            stale = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.stale.tmp")
+            with contextlib.suppress(OSError):
+                os.replace(final, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+
+    @contextlib.contextmanager
     def build(self, stage: str, key: Any) -> Iterator[Path]:
-        """Yield a fresh temporary folder; on success it becomes the artifact folder (with its key recorded)."""
+        """Yield a fresh temporary folder; on success it becomes the artifact folder (with its key recorded).
+        A complete folder already in place (another process finished first) is kept and ours is dropped."""
         final = self.path(stage, key)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
         tmp.mkdir(parents=True)
+        log.info("building %s/%s (pid %d)", stage, final.name, os.getpid())
         try:
             yield tmp
             write_json(tmp / "key.json", key)
             (tmp / DONE).touch()
             if (final / DONE).exists():
-                # another process (a parallel job of the same sweep) finished the same artifact first: keep its
-                # folder, which a reader may already be using, and drop ours (same key, same content)
-                return
-            if final.exists():  # an incomplete leftover from a killed run
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+                return  # same key, same content: keep the folder a reader may already be using
+            if final.exists():  # incomplete: move it aside atomically (never delete in place)
+                stale = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.stale.tmp")
+                with contextlib.suppress(OSError):
+                    os.replace(final, stale)
+                    shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not (final / DONE).exists():  # not a concurrent winner: a real error
+                    raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

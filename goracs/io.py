@@ -70,7 +70,38 @@ def config_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """Identify an input file by name, size and modification time (cheap; part of cache keys)."""
+def _hash_memo_path() -> Path:
+    root = os.environ.get("GORACS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "goracs")
+    return Path(root) / "file_hashes.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, memoised against (resolved path, size, mtime, inode) in
+    $GORACS_CACHE/file_hashes.json, so an unchanged file is hashed once (a 1 GB file takes a few seconds)."""
+    path = Path(path).resolve()
     st = os.stat(path)
-    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    memo_file = _hash_memo_path()
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    hit = memo.get(str(path))
+    if isinstance(hit, dict) and hit.get("stamp") == stamp:
+        return str(hit["sha256"])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    memo[str(path)] = {"stamp": stamp, "sha256": digest}
+    with contextlib.suppress(OSError):  # the memo only saves time; a lost update costs one re-hash
+        write_json(memo_file, memo)
+    return digest
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """Identify an input file by its content (part of cache keys): name, size and SHA-256. A `touch` or a copy
+    (anywhere, with any modification time) keeps the key; any change of a byte changes it."""
+    p = Path(path)
+    return {"name": p.name, "size": os.stat(p).st_size, "sha256": file_sha256(p)}

@@ -187,44 +187,53 @@ def compute_grad_norms(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
            "max_len": int(s.max_len), "lora_seed": int(s.lora_seed), "lora": as_dict(cfg.model.lora)}
     cache = stage_cache(cfg)
     out = cache.path("grads", key)
-    if not cache.done("grads", key):
-        model, tok = adapted_model(cfg)  # wrapped with LoRA in place: never the shared copy
-        norms = grad_norms(model, tok, p["train"], cfg.task.name, layer=int(s.grad_layer),
-                           batch_size=int(s.grad_batch_size), max_len=int(s.max_len),
-                           shard_dir=out.with_name(out.name + ".shards"), shard_size=int(s.grad_shard_size),
-                           lora_seed=int(s.lora_seed), lora=as_dict(cfg.model.lora), progress=bool(cfg.progress))
-        with cache.build("grads", key) as tmp:
-            save_npy(tmp / "grad_norms.npy", np.asarray(norms, dtype=np.float32))
+    with cache.lock("grads", key):  # two jobs that need the same norms compute them once
+        if not cache.done("grads", key):
+            model, tok = adapted_model(cfg)  # wrapped with LoRA in place: never the shared copy
+            norms = grad_norms(model, tok, p["train"], cfg.task.name, layer=int(s.grad_layer),
+                               batch_size=int(s.grad_batch_size), max_len=int(s.max_len),
+                               shard_dir=out.with_name(out.name + ".shards"), shard_size=int(s.grad_shard_size),
+                               lora_seed=int(s.lora_seed), lora=as_dict(cfg.model.lora),
+                               progress=bool(cfg.progress))
+            with cache.build("grads", key) as tmp:
+                save_npy(tmp / "grad_norms.npy", np.asarray(norms, dtype=np.float32))
     return np.load(out / "grad_norms.npy")
 
 
 def compute_el2n(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
     """EL2N scores of the train pool, after an optional warm-up fine-tune on a random subset."""
-    from goracs.signals.el2n import el2n_scores
-
     s = cfg.signals
     warm = int(s.el2n_warmup_epochs)
     key = {"pool": p["key"], "task": cfg.task.name, "model": model_key(cfg), "max_len": int(s.max_len),
            "warmup_epochs": warm, "warmup_samples": int(s.el2n_warmup_samples), "seed": int(s.el2n_warmup_seed),
            "train": as_dict(cfg.train) if warm else None}
     cache = stage_cache(cfg)
-    if not cache.done("el2n", key):
-        model, tok = base_model(cfg, fresh=True) if warm > 0 else adapted_model(cfg)
-        if warm > 0:
-            from goracs.train import train_lora
-
-            rng = np.random.default_rng(int(s.el2n_warmup_seed))
-            n = min(int(s.el2n_warmup_samples), len(p["train"]))
-            sub = p["train"].iloc[np.sort(rng.choice(len(p["train"]), size=n, replace=False))]
-            tcfg = {**as_dict(cfg.train), "epochs": warm}
-            model, _ = train_lora(model, tok, sub, p["valid"], cfg.task.name, tcfg,
-                                  cache.path("el2n", key).with_name(cache.path("el2n", key).name + ".warmup"),
-                                  init_adapter=init_adapter(cfg))
-        scores = el2n_scores(model, tok, p["train"], cfg.task.name, batch_size=int(s.el2n_batch_size),
-                             max_len=int(s.max_len), progress=bool(cfg.progress))
-        with cache.build("el2n", key) as tmp:
-            save_npy(tmp / "el2n.npy", np.asarray(scores, dtype=np.float32))
+    with cache.lock("el2n", key):
+        if not cache.done("el2n", key):
+            _build_el2n(cfg, p, key, cache, warm)
     return np.load(cache.path("el2n", key) / "el2n.npy")
+
+
+def _build_el2n(cfg: DictConfig, p: dict[str, Any], key: dict, cache: StageCache, warm: int) -> None:
+    """Score the pool (after the warm-up fine-tune when warm > 0) and store the EL2N artifact."""
+    from goracs.signals.el2n import el2n_scores
+
+    s = cfg.signals
+    model, tok = base_model(cfg, fresh=True) if warm > 0 else adapted_model(cfg)
+    if warm > 0:
+        from goracs.train import train_lora
+
+        rng = np.random.default_rng(int(s.el2n_warmup_seed))
+        n = min(int(s.el2n_warmup_samples), len(p["train"]))
+        sub = p["train"].iloc[np.sort(rng.choice(len(p["train"]), size=n, replace=False))]
+        tcfg = {**as_dict(cfg.train), "epochs": warm}
+        model, _ = train_lora(model, tok, sub, p["valid"], cfg.task.name, tcfg,
+                              cache.path("el2n", key).with_name(cache.path("el2n", key).name + ".warmup"),
+                              init_adapter=init_adapter(cfg))
+    scores = el2n_scores(model, tok, p["train"], cfg.task.name, batch_size=int(s.el2n_batch_size),
+                         max_len=int(s.max_len), progress=bool(cfg.progress))
+    with cache.build("el2n", key) as tmp:
+        save_npy(tmp / "el2n.npy", np.asarray(scores, dtype=np.float32))
 
 
 def selector_params(cfg: DictConfig) -> tuple[str, int, dict[str, Any]]:
@@ -276,14 +285,15 @@ def run_select(cfg: DictConfig, p: dict[str, Any]) -> dict[str, Any]:
                        "grad": [int(cfg.signals.grad_layer), int(cfg.signals.max_len), int(cfg.signals.lora_seed)],
                        "el2n": [int(cfg.signals.el2n_warmup_epochs), int(cfg.signals.el2n_warmup_samples)]}}
     cache = stage_cache(cfg)
-    if not cache.done("select", key):
-        sig = build_signals(cfg, p, needs)
-        t = time.perf_counter()
-        sel = selector.select(sig, budget, seed=int(cfg.seed))
-        sel.report.setdefault("select_seconds", time.perf_counter() - t)
-        with cache.build("select", key) as tmp:
-            save_npy(tmp / "indices.npy", sel.indices)
-            write_json(tmp / "report.json", sel.report)
+    with cache.lock("select", key):
+        if not cache.done("select", key):
+            sig = build_signals(cfg, p, needs)
+            t = time.perf_counter()
+            sel = selector.select(sig, budget, seed=int(cfg.seed))
+            sel.report.setdefault("select_seconds", time.perf_counter() - t)
+            with cache.build("select", key) as tmp:
+                save_npy(tmp / "indices.npy", sel.indices)
+                write_json(tmp / "report.json", sel.report)
     path = cache.path("select", key)
     return {"key": key, "path": path, "indices": np.load(path / "indices.npy"),
             "report": json.loads((path / "report.json").read_text())}
@@ -298,18 +308,19 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
     key = {"select": sel["path"].name, "model": model_key(cfg), "train": tcfg}
     cache = stage_cache(cfg)
     out = cache.path("train", key)
-    if cache.done("train", key):
-        # loaded only if a later stage needs the model (an evaluation already cached does not)
-        report = {**json.loads((out / "train_report.json").read_text()), "cached": True}
-        return {"key": key, "path": out, "model": None, "tokenizer": None, "report": report}
-    model, tok = base_model(cfg, fresh=True)
-    coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
-    # train_lora resumes a finished run in `out` itself and writes its adapter atomically; the marker below says
-    # the whole stage finished
-    model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, tcfg, out, logger=logger,
-                               init_adapter=init_adapter(cfg))
-    write_json(out / "key.json", key)
-    (out / "_DONE").touch()
+    with cache.lock("train", key):  # a second job on the same coreset and settings waits for the first
+        if cache.done("train", key):
+            # loaded only if a later stage needs the model (an evaluation already cached does not)
+            report = {**json.loads((out / "train_report.json").read_text()), "cached": True}
+            return {"key": key, "path": out, "model": None, "tokenizer": None, "report": report}
+        model, tok = base_model(cfg, fresh=True)
+        coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
+        # trained in the stage's temporary folder and renamed into place complete (a killed run leaves nothing)
+        with cache.build("train", key) as tmp:
+            model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, tcfg, tmp, logger=logger,
+                                       init_adapter=init_adapter(cfg))
+            report["adapter_dir"] = str(out / "adapter")
+            write_json(tmp / "train_report.json", report)
     return {"key": key, "path": out, "model": model, "tokenizer": tok, "report": report}
 
 
@@ -320,29 +331,31 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any],
     key = {"train": trained["path"].name, "eval": as_dict(cfg.eval), "task": cfg.task.name,
            "test": p["key"], "proxy": sel is not None}
     cache = stage_cache(cfg)
-    if not cache.done("evaluate", key):
-        if trained["model"] is None:
-            from peft import PeftModel
+    with cache.lock("evaluate", key):
+        if not cache.done("evaluate", key):
+            if trained["model"] is None:
+                from peft import PeftModel
 
-            base, tok = base_model(cfg, fresh=True)
-            trained["model"] = PeftModel.from_pretrained(base, str(trained["path"] / "adapter"), is_trainable=False)
-            trained["tokenizer"] = tok
-        model, tok = trained["model"], trained["tokenizer"]
-        model.eval()
-        if cfg.task.name == "ctr":
-            from goracs.evaluate.ctr import evaluate_ctr
+                base, tok = base_model(cfg, fresh=True)
+                trained["model"] = PeftModel.from_pretrained(base, str(trained["path"] / "adapter"),
+                                                             is_trainable=False)
+                trained["tokenizer"] = tok
+            model, tok = trained["model"], trained["tokenizer"]
+            model.eval()
+            if cfg.task.name == "ctr":
+                from goracs.evaluate.ctr import evaluate_ctr
 
-            metrics = evaluate_ctr(model, tok, p["test"], as_dict(cfg.eval))
-        else:
-            from goracs.evaluate.seqrec import evaluate_seqrec
+                metrics = evaluate_ctr(model, tok, p["test"], as_dict(cfg.eval))
+            else:
+                from goracs.evaluate.seqrec import evaluate_seqrec
 
-            base, _ = base_model(cfg)
-            metrics = evaluate_seqrec(model, base, tok, p["test"], p["catalogue"], as_dict(cfg.eval),
-                                      cache_dir=Path(cfg.paths.cache_dir) / "catalogue")
-        if sel is not None:
-            metrics.update(proxy_values(cfg, p, sel, trained))
-        with cache.build("evaluate", key) as tmp:
-            write_json(tmp / "metrics.json", metrics)
+                base, _ = base_model(cfg)
+                metrics = evaluate_seqrec(model, base, tok, p["test"], p["catalogue"], as_dict(cfg.eval),
+                                          cache_dir=Path(cfg.paths.cache_dir) / "catalogue")
+            if sel is not None:
+                metrics.update(proxy_values(cfg, p, sel, trained))
+            with cache.build("evaluate", key) as tmp:
+                write_json(tmp / "metrics.json", metrics)
     return json.loads((cache.path("evaluate", key) / "metrics.json").read_text())
 
 
@@ -380,7 +393,9 @@ def proxy_values(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], traine
     from goracs.train import sequence_loss
 
     emb, val = compute_embeddings(cfg, p)
-    lam = float(cfg.selector.get("lam", cfg.task.get("lam", 0.0)))
+    # the task's lambda for every run, so that the POO of every selector's coreset is on one scale (a selector's
+    # own `lam`, e.g. DEALRec's effort weight or a lambda sweep's value, is another quantity)
+    lam = float(cfg.task.get("lam", 0.0))
     C = compute_cost(emb, val, compute_grad_norms(cfg, p), lam, device="cpu")
     value = poo(C[sel["indices"]])[0]
     from goracs.train import train_config
@@ -416,8 +431,11 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             logger.log_trajectory(values, name="poo" if name == "all" else f"poo_{name.replace(' ', '')}")
         metrics = run_evaluate(cfg, p, trained, sel if cfg.get("proxy_check", True) else None)
         scalars = {k.lower(): float(metrics[k]) for k in metrics if k.lower() in SCALAR_METRICS + PROXY}
+        # budget = the samples actually fine-tuned on (the whole pool when it is smaller than the request), so
+        # tables and budget sweeps group and plot at the size that was used; budget_requested = selector.budget
         result = {"dataset": cfg.dataset.name, "task": cfg.task.name, "selector": cfg.selector.name,
-                  "budget": int(cfg.selector.budget), "lam": cfg.selector.get("lam"), "seed": int(cfg.seed),
+                  "budget": int(len(sel["indices"])), "budget_requested": int(cfg.selector.budget),
+                  "lam": cfg.selector.get("lam"), "seed": int(cfg.seed),
                   "n_train_pool": len(p["train"]), "n_test": len(p["test"]), **scalars,
                   "select_seconds": sel["report"].get("select_seconds"),
                   "wall_seconds": time.perf_counter() - t0,

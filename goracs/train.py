@@ -442,15 +442,29 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
 
     adapter_info: dict[str, Any] = {}
     if acc.is_main_process:
-        tmp = out_dir / ".adapter.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if sharded:  # the in-memory model holds the last weights; save the gathered best ones
-            unwrapped.save_pretrained(str(tmp), state_dict=best_state)
-        else:
-            unwrapped.save_pretrained(str(tmp))
-        adapter_info = _check_adapter(tmp, expect_trained=True)
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        os.replace(tmp, adapter_dir)
+        import tempfile
+        import uuid
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.glob(".adapter.*.tmp"):  # left by a killed run
+            if old.stat().st_mtime < time.time() - 24 * 3600:
+                shutil.rmtree(old, ignore_errors=True)
+        # a unique temporary folder, renamed into place; an older adapter is moved aside first (never removed in
+        # place while another process may be reading it)
+        tmp = Path(tempfile.mkdtemp(prefix=".adapter.", suffix=".tmp", dir=out_dir))
+        try:
+            if sharded:  # the in-memory model holds the last weights; save the gathered best ones
+                unwrapped.save_pretrained(str(tmp), state_dict=best_state)
+            else:
+                unwrapped.save_pretrained(str(tmp))
+            adapter_info = _check_adapter(tmp, expect_trained=True)
+            if adapter_dir.exists():
+                aside = out_dir / f".adapter.{uuid.uuid4().hex[:8]}.old.tmp"
+                os.replace(adapter_dir, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            os.replace(tmp, adapter_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
     report = {
         "task": task, "key": key, "n_train": len(train_df), "n_val": len(va_ids), "world_size": world,

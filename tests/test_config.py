@@ -31,6 +31,36 @@ def test_unknown_dataset_is_a_clear_error():
             compose("config", overrides=["dataset=books"])
 
 
+GROUPS = ["model", "selector", "train", "eval", "signals", "logger", "prompt", "profile", "experiment"]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_unknown_group_name_is_a_clear_error(group):
+    """An unknown name in any group stops the composition with Hydra's message naming the group, the name and
+    the options (the groups used to be `optional`: the name was dropped and the run failed much later)."""
+    from hydra.errors import MissingConfigException
+
+    options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with pytest.raises(MissingConfigException, match=f"Could not find '{group}/nosuch'") as err:
+            compose("config", overrides=["stage=all", f"{group}=nosuch"])
+    assert f"Available options in '{group}'" in str(err.value)
+    assert all(o in str(err.value) for o in options)
+
+
+def test_unknown_selector_on_the_command_line_fails_before_any_stage(tmp_path):
+    """`python -m goracs selector=gorcs`: the error names the group and its options, and nothing is computed."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "goracs", "stage=all", "selector=gorcs",
+                           f"paths.root_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "Could not find 'selector/gorcs'" in proc.stderr and "kcenter" in proc.stderr
+    assert "not in struct" not in proc.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "outputs").exists()
+
+
 def test_stats_run_records_provenance(tmp_path):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["stage=stats", f"paths.root_dir={tmp_path}", "progress=false",

@@ -123,7 +123,7 @@ def test_embed_samples_records_the_count_beside_the_cached_embeddings(tmp_path, 
     df, titles = long_samples("ctr", lengths=(11, 11, 3))
     arr, st = E.embed_samples(df, "ctr", titles, cache_dir=tmp_path, progress=False)
     assert arr.shape == (len(df), 384) and st["n_shortened"] == st["n_over"] > 0
-    (folder,) = tmp_path.glob("embed-*")
+    (folder,) = [p for p in tmp_path.glob("embed-*") if p.is_dir()]  # (beside it: its lock file)
     assert json.loads((folder / "stats.json").read_text()) == st
     texts, _ = E.fit_texts(df, "ctr", E.load_encoder("minilm").tokenizer, 256, titles)
     np.testing.assert_allclose(arr, E.embed_texts(texts, progress=False), rtol=1e-5, atol=1e-6)

@@ -118,3 +118,14 @@ def test_el2n_selector_after_a_warm_up_keeps_the_top_scores(tmp_path, monkeypatc
     assert len(chosen) == 8 and len(set(chosen.tolist())) == 8
     assert s[chosen].min() >= np.sort(s)[-8] - 1e-7  # the 8 largest scores
     assert len(packed_batches) == 5  # 40 samples in batches of 8, all through the packed forward
+
+
+def test_metrics_record_the_budget_actually_used(tmp_path):
+    """A pool smaller than the budget is used whole: metrics.json says how many samples were used (`budget`,
+    what tables and budget sweeps group by) and what was asked for (`budget_requested`)."""
+    cfg = config(tmp_path, "task=ctr", "selector=random", "proxy_check=false", "task.pool.max_train=6",
+                 "train.epochs=1")
+    res = run_all(cfg, tmp_path / "run")
+    assert res["budget"] == 6 and res["budget_requested"] == 8 and res["n_train_pool"] == 6
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["budget"] == 6 and saved["budget_requested"] == 8

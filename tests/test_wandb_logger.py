@@ -117,3 +117,20 @@ def test_reading_a_run_file_that_is_still_being_written(tmp_path, monkeypatch):
     (part / src.name).write_bytes(bytes(bad))
     with pytest.raises(LoggerError, match=src.name):
         read_offline_run(part, wait_s=0)
+
+
+def test_offline_logger_sets_the_offline_environment_itself(tmp_path, monkeypatch):
+    """No WANDB_MODE in the environment: an offline logger still tells wandb (and its service process) to stay
+    offline and not to report errors to its servers."""
+    import os
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_ERROR_REPORTING", raising=False)
+    with make_logger({"backend": "wandb", "mode": "offline", "dir": str(tmp_path)}) as lg:
+        assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_ERROR_REPORTING"] == "false"
+        assert lg.run.settings.mode == "offline"
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with make_logger({"backend": "wandb", "mode": "disabled", "dir": str(tmp_path / "d")}) as lg:
+        assert os.environ["WANDB_MODE"] == "disabled"
+        lg.log_metrics({"x": 1.0})
+    assert not (tmp_path / "d" / "wandb").exists()

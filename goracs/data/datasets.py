@@ -42,8 +42,13 @@ def input_files(cfg: Mapping[str, Any]) -> dict[str, Path]:
         root = root / f"seed{gen.seed}-{config_hash(vars(gen), 10)}"
         paths = {"reviews": root / f"{gen.category}_5.json.gz", "meta": root / f"meta_{gen.category}.json.gz"}
         if not all(p.exists() for p in paths.values()):
-            log.info("writing synthetic dataset to %s", root)
-            synthetic.write(gen, root)
+            from goracs.cache import file_lock
+
+            # written once: a second process started at the same time waits, then finds the files
+            with file_lock(root.with_name(root.name + ".lock")):
+                if not all(p.exists() for p in paths.values()):
+                    log.info("writing synthetic dataset to %s", root)
+                    synthetic.write(gen, root)
         return paths
     if fmt == "recbole":
         out = {"inter": find_file(root, cfg["inter_file"], "RecBole interaction file")}
@@ -77,7 +82,7 @@ def load_interactions(cfg: Mapping[str, Any], progress: bool = True) -> tuple[pd
     skip_bad = bool(cfg.get("skip_bad_lines", False))
     stats: dict[str, Any] = {"files": {k: str(v) for k, v in files.items()}}
     if fmt == "recbole":
-        inter = recbole.read_atomic(files["inter"])
+        inter = recbole.read_atomic(files["inter"], what="interactions")
         for col in ("user_id", "item_id"):
             if col not in inter:
                 raise DataError(files["inter"], f"missing column (has {list(inter.columns)})", line=1, field=col)
@@ -92,7 +97,7 @@ def load_interactions(cfg: Mapping[str, Any], progress: bool = True) -> tuple[pd
         df["timestamp"] = inter["timestamp"].astype(np.float64) if "timestamp" in inter else np.nan
         df["order"] = inter["position"].astype(np.int64) if "position" in inter else np.arange(len(df))
         if "item" in files:
-            items = recbole.read_atomic(files["item"])
+            items = recbole.read_atomic(files["item"], what="items")
             if "title" in items:
                 items = items[items["title"].str.len() >= int(cfg.get("min_title_len", 2))]
                 titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
@@ -121,4 +126,32 @@ def load_interactions(cfg: Mapping[str, Any], progress: bool = True) -> tuple[pd
     stats["duplicates_removed"] = removed
     stats.update(users=int(df["user"].nunique()), items=int(df["item"].nunique()), interactions=len(df),
                  titled_items=len(set(df["item"].unique()) & titles.keys()))
+    title_file = files.get("meta", files.get("item", files.get("inter")))
+    log.info("%s: %d of the %d items with interactions have a title", title_file, stats["titled_items"],
+             stats["items"])
+    if not stats["titled_items"]:
+        raise no_titles_error(cfg, files, stats)
     return df.reset_index(drop=True), titles, stats
+
+
+def no_titles_error(cfg: Mapping[str, Any], files: Mapping[str, Path], stats: Mapping[str, Any]) -> DataError:
+    """The error for data where no item with interactions has a title (samples need titles): it names the file the
+    titles come from, how many items have one, and what the reader saw there."""
+    n = stats["items"]
+    if "meta" in files:
+        m = stats.get("meta_read", {})
+        seen = (f"its records: {m.get('other_items', 0)} for items that are not in the reviews, "
+                f"{m.get('no_title', 0)} reviewed items without a title, {m.get('short_title', 0)} with a title "
+                f"shorter than dataset.min_title_len={cfg.get('min_title_len', 2)}")
+        if m.get("other_items", 0) and not m.get("no_title", 0) and not m.get("short_title", 0):
+            seen += f"; do its 'asin' values match those of {files['reviews'].name}?"
+        return DataError(files["meta"], f"no reviewed item has a title in this metadata file: 0 of the {n} items "
+                                        f"reviewed in {files['reviews']} have one ({seen})")
+    if "item" in files:
+        return DataError(files["item"], f"no item with interactions has a title in this item file: 0 of the {n} "
+                                        f"items in {files['inter']} have one (a 'title' column, item_id values that "
+                                        f"match the interactions, titles of at least dataset.min_title_len="
+                                        f"{cfg.get('min_title_len', 2)} characters are needed)")
+    return DataError(files["inter"], f"no item titles: 0 of the {n} items have one, as the dataset has no "
+                                     f"item_file; set dataset.item_file, or dataset.title_fallback=id to use the "
+                                     f"item ids as titles")

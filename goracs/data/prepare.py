@@ -59,9 +59,10 @@ def prepare(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], cache: 
     if task not in TASKS:
         raise ValueError(f"unknown task '{task}'; known: {list(TASKS)}")
     key = prepare_key(dataset_cfg, task_cfg, seed, prompt_cfg)
-    if not cache.done("prepare", key):
-        with cache.build("prepare", key) as tmp:
-            _build(dataset_cfg, task_cfg, seed, tmp, progress, task_template(dataset_cfg, task_cfg, prompt_cfg))
+    with cache.lock("prepare", key):  # two processes that need the same samples build them once
+        if not cache.done("prepare", key):
+            with cache.build("prepare", key) as tmp:
+                _build(dataset_cfg, task_cfg, seed, tmp, progress, task_template(dataset_cfg, task_cfg, prompt_cfg))
     return load_prepared(cache.path("prepare", key))
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import io
 import os
 
 import numpy as np
 import pandas as pd
 
-from goracs.data.amazon import open_text
+from goracs.data.amazon import STREAM_ERRORS, open_text, stream_error
 from goracs.data.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -18,10 +17,19 @@ log = logging.getLogger(__name__)
 TYPES = {"token", "token_seq", "float", "float_seq"}
 
 
-def read_atomic(path: str | os.PathLike) -> pd.DataFrame:
-    """Read an atomic file; `token` columns become strings, `float` columns floats (empty -> NaN)."""
+def read_atomic(path: str | os.PathLike, what: str = "rows") -> pd.DataFrame:
+    """Read an atomic file; `token` columns become strings, `float` columns floats (empty -> NaN). `what` names the
+    rows in the error for a file with a header and no rows ("interactions", "items")."""
     with open_text(path) as f:
-        header = f.readline().rstrip("\n\r")
+        header, lines = "", []
+        try:
+            header = f.readline()
+            for line in f:
+                lines.append(line)
+        except STREAM_ERRORS as e:
+            # a truncated or corrupt gzip, or a byte that is not UTF-8: name the file, the cause and the line
+            raise stream_error(path, e, len(lines) + bool(header)) from e
+        header = header.rstrip("\n\r")
         if not header:
             raise DataError(path, "empty file: expected a `name:type` header", line=1)
         names, kinds = [], []
@@ -32,8 +40,8 @@ def read_atomic(path: str | os.PathLike) -> pd.DataFrame:
                                 line=1)
             names.append(name)
             kinds.append(kind)
-        text = f.read()
-    rows = list(csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = list(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE))
+    del lines
     merged = 0
     for k, row in enumerate(rows):
         if len(row) != len(names) and any(row):
@@ -48,6 +56,8 @@ def read_atomic(path: str | os.PathLike) -> pd.DataFrame:
         log.info("%s: %d rows had tabs inside the last column '%s'; kept them in that column", path, merged,
                  names[-1])
     rows = [r for r in rows if any(r)]
+    if not rows:
+        raise DataError(path, f"the file has no {what}: a header line and no rows after it")
     cols = {}
     for j, (name, kind) in enumerate(zip(names, kinds)):
         values = [r[j] for r in rows]

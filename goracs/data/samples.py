@@ -53,7 +53,14 @@ def build_samples(inter: pd.DataFrame, titles: dict[str, str], task: str, max_hi
     if max_history < 1 or min_history < 1 or min_history > max_history:
         raise ValueError(f"need 1 <= min_history ({min_history}) <= max_history ({max_history})")
     df = normalise_interactions(inter)
+    if not len(df):
+        raise ValueError("no interactions to build samples from")
     has_title = df["item"].astype(str).map(titles).notna().to_numpy()
+    if not has_title.any():
+        # said here, not as an IndexError in CTR or a split asking for timestamps in SeqRec
+        raise ValueError(f"no item with interactions has a title: 0 of the {df['item'].nunique()} items (in "
+                         f"{len(df)} interactions) are among the {len(titles)} titled items; check that the "
+                         f"metadata's item ids match the interactions'")
     stats = {"dropped_untitled_interactions": int((~has_title).sum())}
     df = df.loc[has_title].reset_index(drop=True)
 

@@ -29,7 +29,11 @@ def split_samples(samples: pd.DataFrame, method: str = "auto", n_valid: int | fl
     `loo` (for data without timestamps) draws n_test + n_valid distinct users and holds out each one's last
     sample, `auto` is temporal when every sample has a timestamp."""
     total = len(samples)
-    has_time = bool(samples["timestamp"].notna().all()) if total else False
+    if not total:
+        raise SplitError("there are no samples to split (see the sample statistics for what was dropped: "
+                         "interactions of items without a title, histories shorter than min_history, unlabelled "
+                         "CTR targets)")
+    has_time = bool(samples["timestamp"].notna().all())
     if method == "auto":
         method = "temporal" if has_time else "loo"
     if method == "temporal":

@@ -176,7 +176,7 @@ def write(cfg: SyntheticConfig, out_dir: str | os.PathLike) -> dict[str, Path]:
     paths = {"reviews": out_dir / f"{cfg.category}_5.json.gz", "meta": out_dir / f"meta_{cfg.category}.json.gz"}
     for key, rows in (("meta", meta), ("reviews", reviews)):
         with atomic_path(paths[key]) as tmp:
-            with gzip.open(tmp, "wt", encoding="utf-8") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
+            # no time or name in the gzip header: the same settings give the same bytes (files are keyed by content)
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
+                gz.write("".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
     return paths

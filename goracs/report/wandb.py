@@ -82,10 +82,11 @@ class WandbLogger(RunLogger):
                  name: str | None = None, notes: str | None = None, dir: str | os.PathLike | None = None,
                  config: Any = None) -> None:
         super().__init__()
-        import wandb
-
         if mode not in MODES:
             raise LoggerError(f"logger.mode must be one of {MODES}, got {mode!r}")
+        offline_environment(mode)
+        import wandb
+
         self._wandb = wandb
         if dir is not None:
             Path(dir).mkdir(parents=True, exist_ok=True)
@@ -178,6 +179,17 @@ class WandbLogger(RunLogger):
             self.run.finish(exit_code=exit_code)
         except Exception as e:  # noqa: BLE001 - finishing must never mask the job's own error
             log.warning("wandb finish failed: %s", e)
+
+
+def offline_environment(mode: str) -> None:
+    """For an offline or disabled run, say so in the environment before wandb is imported or started (its
+    service process reads the environment): WANDB_MODE, and no error reporting (wandb otherwise contacts its
+    servers once even for an offline run). Online runs leave the environment as it is."""
+    if mode == "online":
+        return
+    os.environ["WANDB_MODE"] = mode
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 
 
 def make_logger(cfg: Any = None, run_config: Any = None, **override) -> RunLogger:

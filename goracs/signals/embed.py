@@ -142,8 +142,7 @@ def resolve_encoder(encoder: str) -> Path:
 def _encoder_fingerprint(path: Path) -> list:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".bin",
                                                                                 ".txt", ".model"))
-    return [{"name": str(p.relative_to(path)), "size": file_fingerprint(p)["size"],
-             "mtime_ns": file_fingerprint(p)["mtime_ns"]} for p in files]
+    return [{**file_fingerprint(p), "name": str(p.relative_to(path))} for p in files]  # by content
 
 
 def _texts_digest(texts: list[str]) -> str:
@@ -255,10 +254,18 @@ def _embed(texts: list[str], fit, fit_key: dict, encoder: str, batch_size: int, 
         parts = [encode(c) for c in tqdm(range(n_chunks), desc="embeddings", disable=not progress or n_chunks == 1)]
         return np.concatenate(parts), state["stats"]
 
-    key = {"signal": "embedding", "version": CACHE_VERSION, "encoder": str(path),
+    key = {"signal": "embedding", "version": CACHE_VERSION, "encoder": path.name,
            "encoder_files": _encoder_fingerprint(path), "texts": _texts_digest(texts), "n": len(texts),
            "normalize": bool(normalize), "chunk_size": int(chunk_size), "fit": {"version": FIT_VERSION, **fit_key}}
     folder = Path(cache_dir) / f"embed-{config_hash(key)}"
+    from goracs.cache import file_lock
+
+    with file_lock(folder.with_name(folder.name + ".lock")):  # two processes on the same texts embed them once
+        return _embed_cached(texts, folder, key, n_chunks, encode, fitted, state, progress)
+
+
+def _embed_cached(texts, folder: Path, key: dict, n_chunks: int, encode, fitted, state: dict,
+                  progress: bool) -> tuple[np.ndarray, dict]:
     final, stats_file = folder / "embeddings.npy", folder / "stats.json"
     if final.exists() and stats_file.exists():
         arr = np.load(final)
@@ -266,6 +273,8 @@ def _embed(texts: list[str], fit, fit_key: dict, encoder: str, batch_size: int, 
             return arr, json.loads(stats_file.read_text())
         log.warning("cached embeddings %s have %d rows for %d texts; recomputing", final, arr.shape[0], len(texts))
     folder.mkdir(parents=True, exist_ok=True)
+    for t in folder.glob(".*.tmp"):  # half-written chunks of a killed run (we hold the lock)
+        t.unlink(missing_ok=True)
     write_json(folder / "meta.json", key)
     part = lambda c: folder / f"part_{c:05d}.npy"  # noqa: E731
     todo = [c for c in range(n_chunks) if not part(c).exists()]
