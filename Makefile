@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test demo reproduce-table clean-cache
+.PHONY: setup test test-fast demo reproduce-table clean-cache
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q tests $(EXTRA)
+
+# the quick loop while editing: every test not marked slow (end-to-end pipelines, subprocess sweeps, DDP)
+test-fast: setup
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" tests $(EXTRA)
 
 # the main job on the embedded default (synthetic data, SmolLM2-135M on CPU, no network); FULL=1: every selector
 demo: setup

@@ -1,7 +1,2 @@
-"""Baseline coreset selectors (method.md 7); importing the package registers them with goracs.selection."""
-
-from baselines import el2n, grand, kcenter, random  # noqa: F401  (each module registers its selector)
-from baselines import ccs  # noqa: F401
-from baselines import d2pruning  # noqa: F401
-from baselines import moderate  # noqa: F401
-from baselines import dealrec  # noqa: F401
+"""Baseline coreset selectors (method.md 7). Each is built from its Hydra config, configs/selector/<name>.yaml,
+whose `_target_` names the class (goracs.selection.build.build_selector); nothing is registered on import."""

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from goracs.selection.base import Selection, SelectionError, Selector, Signals, register
+from goracs.selection.base import Selection, SelectionError, Selector, Signals
 
 SCORES = ("grad_norms", "el2n")
 
@@ -93,9 +93,10 @@ def coverage_sample(scores: np.ndarray, budget: int, beta: float, k: int,
     return idx, report
 
 
-@register("ccs")
 class CCSSelector(Selector):
     """CCS over a difficulty score ("grad_norms" or "el2n"): hard-prune beta, k equal-width strata."""
+
+    name = "ccs"
 
     def __init__(self, score: str = "grad_norms", beta: float = 0.1, k: int = 50):
         if score not in SCORES:

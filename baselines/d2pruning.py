@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from baselines.ccs import SCORES, check_fraction, check_positive_int, hard_prune
-from goracs.selection.base import Selection, SelectionError, Selector, Signals, register
+from goracs.selection.base import Selection, SelectionError, Selector, Signals
 
 KNN_METHODS = ("auto", "exact", "ivf")
 
@@ -165,9 +165,10 @@ def greedy_reverse(scores: np.ndarray, indptr: np.ndarray, indices: np.ndarray, 
     return picks
 
 
-@register("d2pruning")
 class D2PruningSelector(Selector):
     """D2-Pruning over a kNN graph of the train embeddings with a difficulty score ("grad_norms" or "el2n")."""
+
+    name = "d2pruning"
 
     def __init__(self, score: str = "grad_norms", k: int = 10, gamma_f: float = 1.0, gamma_r: float = 1.0,
                  beta: float = 0.0, normalize: bool = True, knn: str = "auto", exact_max: int = 20000,

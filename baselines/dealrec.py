@@ -41,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from baselines.ccs import check_fraction, check_positive_int, coverage_sample
-from goracs.selection.base import Selection, SelectionError, Selector, Signals, register
+from goracs.selection.base import Selection, SelectionError, Selector, Signals
 
 EXTRA_KEYS = ("histories", "targets", "n_items")
 
@@ -231,10 +231,10 @@ def minmax(a: np.ndarray) -> np.ndarray:
     return (a - a.min()) / span if span > 0 else np.zeros_like(a)
 
 
-@register("dealrec")
 class DEALRecSelector(Selector):
     """DEALRec: influence (surrogate, one convex layer, CG inverse-HVP) + lambda * effort, then CCS sampling."""
 
+    name = "dealrec"
     needs = ("grad_norms",)
 
     def __init__(self, lam: float = 0.3, k: int = 50, hard_prune: float = 0.1, hidden: int = 64,

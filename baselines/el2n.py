@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from baselines.grand import TopScoreSelector
-from goracs.selection.base import register
 
 
-@register("el2n")
 class EL2NSelector(TopScoreSelector):
     """Top-n EL2N score (goracs.signals.el2n, after the configured warm-up)."""
 
+    name = "el2n"
     score = "el2n"

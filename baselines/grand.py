@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from goracs.selection.base import Selection, Selector, Signals, register
+from goracs.selection.base import Selection, Selector, Signals
 
 
 def top_n(scores: np.ndarray, budget: int) -> np.ndarray:
@@ -33,8 +33,8 @@ class TopScoreSelector(Selector):
                                "mean_score_selected": float(s[idx].mean()), "mean_score_pool": float(s.mean())})
 
 
-@register("grand")
 class GraNdSelector(TopScoreSelector):
     """Top-n per-sample gradient norm (the LoRA-B gradient norm of goracs.signals.grads)."""
 
+    name = "grand"
     score = "grad_norms"

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from goracs.selection.base import Selection, Selector, Signals, register
+from goracs.selection.base import Selection, Selector, Signals
 
 
 def _sq_dists_to(x: np.ndarray, sq_norms: np.ndarray, c: np.ndarray, chunk: int) -> np.ndarray:
@@ -44,10 +44,10 @@ def k_center_greedy(x: np.ndarray, budget: int, first: int, chunk: int = 65536,
     return picks, radius
 
 
-@register("kcenter")
 class KCenterSelector(Selector):
     """k-center greedy over the train embeddings; the seed picks the first centre."""
 
+    name = "kcenter"
     needs = ("embeddings",)
 
     def __init__(self, chunk: int = 65536, progress: bool = False):

@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from baselines.random import class_budgets
-from goracs.selection.base import Selection, SelectionError, Selector, Signals, register
+from baselines.random import pool_share_budgets
+from goracs.selection.base import Selection, SelectionError, Selector, Signals
 
 
 def prototype_distances(x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -39,10 +39,10 @@ def middle_window(dist: np.ndarray, b: int) -> np.ndarray:
     return order[start:start + b]
 
 
-@register("moderate")
 class ModerateSelector(Selector):
     """Moderate-DS: per class, the samples whose distance to the median prototype is nearest the median."""
 
+    name = "moderate"
     needs = ("embeddings",)
 
     def __init__(self, use_labels: bool = True, chunk: int = 65536):
@@ -60,7 +60,7 @@ class ModerateSelector(Selector):
                 raise SelectionError(f"labels must be 1-D and aligned with the pool, got shape {labels.shape}")
         else:  # SeqRec (or labels switched off): one class
             labels = np.zeros(len(x), dtype=np.int64)
-        budgets = class_budgets(labels, budget)
+        budgets = pool_share_budgets(labels, budget)
         parts, per_class = [], {}
         for c, b in budgets.items():
             members = np.flatnonzero(labels == c)

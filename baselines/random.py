@@ -6,12 +6,18 @@ import time
 
 import numpy as np
 
-from goracs.selection.base import Selection, SelectionError, Selector, Signals, register
+from goracs.selection.base import Selection, SelectionError, Selector, Signals
 
 
-def class_budgets(labels: np.ndarray, budget: int) -> dict[int, int]:
-    """Per-class budgets proportional to the class shares (rounded, the last class takes the remainder),
-    moved to other classes where a class has fewer samples than its share."""
+def pool_share_budgets(labels: np.ndarray, budget: int) -> dict[int, int]:
+    """Per-class budgets proportional to the class shares of `labels` (the pool itself; rounded, the last class
+    takes the remainder), moved to other classes where a class has fewer samples than its share.
+
+    Not goracs.selection.label.class_budgets, on purpose: that one is GORACS's rule (the authors'): shares of the
+    validation labels, the first class takes the remainder, at least one sample per class. The two give different
+    budgets, e.g. for class sizes 3, 30, 3 and budget 33 this gives {0: 3, 1: 28, 2: 2} and GORACS's rule
+    {0: 2, 1: 28, 2: 3}; the stratified random and Moderate baselines keep this rule so that their selections stay
+    as they were."""
     classes, counts = np.unique(labels, return_counts=True)
     n = counts.sum()
     want = [int(round(budget * c / n)) for c in counts[:-1]]
@@ -27,9 +33,10 @@ def class_budgets(labels: np.ndarray, budget: int) -> dict[int, int]:
     return {int(c): int(w) for c, w in zip(classes, want)}
 
 
-@register("random")
 class RandomSelector(Selector):
     """Uniformly random subset for a seed; `stratify` keeps the train class shares (needs labels)."""
+
+    name = "random"
 
     def __init__(self, stratify: bool = False):
         self.stratify = bool(stratify)
@@ -46,7 +53,7 @@ class RandomSelector(Selector):
             labels = np.asarray(signals.labels)
             if labels.ndim != 1:
                 raise SelectionError(f"stratified random needs 1-D class labels, got shape {labels.shape}")
-            budgets = class_budgets(labels, budget)
+            budgets = pool_share_budgets(labels, budget)
             parts = []
             for c, b in budgets.items():
                 members = np.flatnonzero(labels == c)

@@ -10,7 +10,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from goracs import pipeline
+from goracs import demo, pipeline
+from goracs.report import study
 from goracs.runinfo import write_run_info
 from goracs.validate import check_config
 
@@ -29,6 +30,11 @@ def run(cfg: DictConfig, out_dir: Path):
         import torch
 
         torch.set_num_threads(int(cfg.threads))
+    if cfg.stage == "all":
+        prev = pipeline.finished_result(cfg, out_dir)
+        if prev is not None:  # a finished job keeps the run_info.json of the run that made its metrics
+            log.info("%s already finished with this config: skipped", out_dir)
+            return prev
     write_run_info(out_dir, OmegaConf.to_container(cfg, resolve=True), int(cfg.seed))
     if cfg.stage == "prepare":
         data = pipeline.run_prepare(cfg)
@@ -36,13 +42,13 @@ def run(cfg: DictConfig, out_dir: Path):
               f"test {len(data.test)}, catalogue {len(data.catalogue)} -> {data.path}")
         return data
     if cfg.stage == "stats":
-        return pipeline.run_stats(cfg, out_dir)
+        return demo.run_stats(cfg, out_dir)
     if cfg.stage == "all":
         return pipeline.run_all(cfg, out_dir)
     if cfg.stage == "demo":
-        return pipeline.run_demo(cfg, out_dir)
+        return demo.run_demo(cfg, out_dir)
     if cfg.stage == "aggregate":
-        return pipeline.run_aggregate(cfg, out_dir)
+        return study.run_aggregate(cfg, out_dir)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

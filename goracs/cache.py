@@ -34,6 +34,21 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         yield
 
 
+_MADE_BY: dict[str, Any] = {}
+
+
+def made_by() -> dict[str, Any]:
+    """What made an artifact: the code's commit (and whether the checkout had uncommitted changes), the time and
+    the process."""
+    import datetime as dt
+
+    if not _MADE_BY:
+        from goracs.runinfo import git_commit
+
+        _MADE_BY.update(git_commit())
+    return {**_MADE_BY, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid()}
+
+
 class StageCache:
     """Cache folders under `root/<stage>/<key>`; a folder counts only once its `_DONE` marker exists."""
 
@@ -78,6 +93,7 @@ class StageCache:
         try:
             yield tmp
             write_json(tmp / "key.json", key)
+            write_json(tmp / "made_by.json", made_by())
             (tmp / DONE).touch()
             if (final / DONE).exists():
                 return  # same key, same content: keep the folder a reader may already be using

@@ -105,3 +105,21 @@ def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     (anywhere, with any modification time) keeps the key; any change of a byte changes it."""
     p = Path(path)
     return {"name": p.name, "size": os.stat(p).st_size, "sha256": file_sha256(p)}
+
+
+def load_samples(path: str | os.PathLike):
+    """Samples from a .parquet, .json (records) or .jsonl file, with a clear error for other inputs."""
+    import pandas as pd
+
+    from goracs.errors import DataError
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"sample file not found: {p}")
+    if p.suffix == ".parquet":
+        return pd.read_parquet(p)
+    if p.suffix == ".jsonl":
+        return pd.read_json(p, lines=True)
+    if p.suffix == ".json":
+        return pd.read_json(p)
+    raise DataError(f"{p}: unsupported sample file type (use .parquet, .json or .jsonl)")

@@ -240,3 +240,30 @@ def adapter_fingerprint(path: str | os.PathLike | None) -> str | None:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
     return h.hexdigest()[:24]
+
+
+def model_fingerprint(model, lora: bool = True) -> str:
+    """Cheap identity of a model's weights (a cache key): its class and config, every parameter's name, shape,
+    dtype and a strided sample of its values; a PeftModel and its injected base model give the same key.
+
+    lora=True (gradient norms: they depend on the LoRA weights) covers the LoRA parameters too; lora=False (what
+    the base model computes, e.g. catalogue embeddings with the adapters disabled) leaves them out and names the
+    layers peft wraps as the plain model does, so a LoRA-wrapped model and its plain base model give one key."""
+    import hashlib
+    import json
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    h = hashlib.sha256(type(base).__name__.encode())
+    h.update(json.dumps(base.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, p in model.named_parameters():
+        if not lora and "lora_" in name:
+            continue
+        name = name.removeprefix("base_model.model.")  # same key for a PeftModel and its injected base model
+        if not lora:
+            name = name.replace(".base_layer.", ".")
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step][:4096].float().cpu().numpy()
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        h.update(sample.tobytes())
+    return h.hexdigest()[:24]

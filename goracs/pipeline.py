@@ -1,4 +1,6 @@
-"""Stage functions: each reads explicit inputs, writes an artifact through the stage cache, returns it."""
+"""Stage functions: each reads explicit inputs, writes an artifact through the stage cache under a key derived
+from its upstream keys and its own settings (goracs/keys.py), and returns it. The demo and stats stages are in
+goracs/demo.py, the aggregate stage in goracs/report/study.py, the configured LLM in goracs/llm.py."""
 
 from __future__ import annotations
 
@@ -9,16 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from goracs.cache import StageCache
+from goracs.config import to_dict as as_dict
 from goracs.data.prepare import PreparedData, prepare
-from goracs.evaluate.common import resolve_device
-from goracs.evaluate.common import to_dict as as_dict
-from goracs.io import save_npy, write_json, write_text
+from goracs.llm import adapted_model, base_model, device_of, init_adapter, model_key
+from goracs.io import save_npy, write_json
 
 log = logging.getLogger(__name__)
-
 
 def stage_cache(cfg: DictConfig) -> StageCache:
     """The project-wide stage cache."""
@@ -35,51 +36,14 @@ def run_prepare(cfg: DictConfig, task: str | None = None) -> PreparedData:
                    progress=bool(cfg.progress), prompt_cfg=prompt_cfg)
 
 
-def stats_rows(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Users, items, interactions and samples per split for every task listed in `stats.tasks`."""
-    rows = []
-    for task in cfg.stats.tasks:
-        data = run_prepare(cfg, task)
-        read = data.stats["read"]
-        rows.append({"dataset": cfg.dataset.name, "task": task, "users": read["users"], "items": read["items"],
-                     "interactions": read["interactions"], "catalogue": len(data.catalogue),
-                     "train": len(data.train), "valid": len(data.valid), "test": len(data.test),
-                     "split": data.stats["split"]["method"],
-                     "positive_share_train": data.stats["positive_share"]["train"] if task == "ctr" else None})
-    return rows
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """A GitHub-markdown table of uniform dict rows."""
-    if not rows:
-        return ""
-    cols = list(rows[0])
-    fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def run_stats(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
-    """The `stats` stage: print and save the dataset statistics table."""
-    rows = stats_rows(cfg)
-    table = markdown_table(rows)
-    print(table)
-    write_text(out_dir / "data_stats.md", table)
-    write_json(out_dir / "data_stats.json", rows)
-    return rows
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# signals -> selection -> fine-tuning -> evaluation, each cached by the hash of what determines it
-
-_MODELS: dict[str, Any] = {}
-
-
 def pool(cfg: DictConfig, data: PreparedData) -> dict[str, Any]:
     """The samples the run works on: the prepared splits, optionally capped (seeded) by `task.pool`."""
+    from goracs.keys import derive
+
     caps = as_dict(cfg.task.get("pool") or {})
-    out = {"key": {"prepare": data.path.name, "pool": caps}}
+    # the prepared samples' folder name is the hash of their key (dataset, input files by content, task, prompt)
+    out: dict[str, Any] = {"key": derive("pool", [], {"prepare": data.path.name, "caps": caps,
+                                                      "data_seed": int(cfg.get("data_seed", 0))})}
     # the data seed, not the run seed: every seed of a table sees the same pool and test samples
     rng = np.random.default_rng(int(cfg.get("data_seed", 0)) + 7919)
     for split in ("train", "valid", "test"):
@@ -93,77 +57,6 @@ def pool(cfg: DictConfig, data: PreparedData) -> dict[str, Any]:
     return out
 
 
-def base_model(cfg: DictConfig, fresh: bool = False):
-    """(model, tokenizer) of the configured LLM; `fresh` returns an unwrapped copy for training."""
-    from goracs.models import load_model
-
-    m = cfg.model
-    key = f"{m.name}:{m.get('path')}:{m.get('dtype')}"
-    if fresh or key not in _MODELS:
-        model, tok = load_model(m.name, path=m.get("path"), dtype=m.get("dtype", "float32"),
-                                load_in_8bit=bool(m.get("load_in_8bit", False)), device=_device(cfg),
-                                seed=int(cfg.seed))
-        if fresh:
-            return model, tok
-        _MODELS.clear()  # one resident model at a time
-        _MODELS[key] = (model, tok)
-    return _MODELS[key]
-
-
-def _device(cfg: DictConfig) -> str:
-    return str(resolve_device(cfg.get("device", "cpu")))
-
-
-def model_key(cfg: DictConfig) -> dict[str, Any]:
-    """What identifies the LLM for caching (with the content of the initial adapter, when one is set)."""
-    from goracs.io import file_fingerprint
-    from goracs.models import adapter_fingerprint
-
-    m = as_dict(cfg.model)
-    if m.get("path"):
-        cfg_file = Path(m["path"]) / "config.json"
-        if cfg_file.exists():
-            m["fingerprint"] = file_fingerprint(cfg_file)
-    if m.get("init_adapter"):
-        m["init_adapter_fingerprint"] = adapter_fingerprint(m["init_adapter"])
-    return m
-
-
-def init_adapter(cfg: DictConfig) -> str | None:
-    """The starting LoRA adapter folder (model.init_adapter) shared by the gradient, EL2N and fine-tuning stages;
-    warns when its LoRA settings differ from model.lora (the adapter's own settings are the ones used)."""
-    path = cfg.model.get("init_adapter")
-    if not path:
-        return None
-    from goracs.models import ModelError
-
-    cfg_file = Path(path) / "adapter_config.json"
-    if not cfg_file.exists():
-        raise ModelError(f"initial adapter folder {path} (model.init_adapter) has no adapter_config.json"
-                         if Path(path).is_dir() else f"initial adapter folder does not exist: {path} "
-                         "(model.init_adapter)")
-    a = json.loads(cfg_file.read_text())
-    lora = as_dict(cfg.model.get("lora") or {})
-    theirs = {"r": a.get("r"), "alpha": a.get("lora_alpha"), "target_modules": sorted(a.get("target_modules") or [])}
-    ours = {"r": lora.get("r"), "alpha": lora.get("alpha"), "target_modules": sorted(lora.get("target_modules") or [])}
-    if theirs != ours:
-        log.warning("model.init_adapter %s has LoRA settings %s, model.lora says %s: the adapter's are used",
-                    path, theirs, ours)
-    return str(path)
-
-
-def adapted_model(cfg: DictConfig):
-    """A fresh (model, tokenizer) for the gradient norms and EL2N: the base LLM with the initial adapter loaded
-    (frozen) when model.init_adapter is set, else the plain base model (a fresh LoRA is added by the stage)."""
-    model, tok = base_model(cfg, fresh=True)
-    path = init_adapter(cfg)
-    if path is not None:
-        from goracs.models import load_adapter
-
-        model = load_adapter(model, path, trainable=False)
-    return model, tok
-
-
 def compute_embeddings(cfg: DictConfig, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Sentence embeddings of the train and validation texts (method.md 4), cached by encoder and texts."""
     from goracs.signals.embed import embed_samples
@@ -173,9 +66,23 @@ def compute_embeddings(cfg: DictConfig, p: dict[str, Any]) -> tuple[np.ndarray, 
     # texts too long for the encoder lose their oldest history titles (catalogue titles); counts in stats.json
     titles = dict(zip(p["catalogue"]["item_id"].astype(str), p["catalogue"]["title"].astype(str)))
     kw = dict(encoder=s.encoder, batch_size=int(s.embed_batch_size), cache_dir=Path(cfg.paths.cache_dir) / "embed",
-              device=_device(cfg), normalize=bool(s.get("normalize_embeddings", False)),
+              device=device_of(cfg), normalize=bool(s.get("normalize_embeddings", False)),
               progress=bool(cfg.progress), titles=titles)
     return (embed_samples(p["train"], task, **kw)[0], embed_samples(p["valid"], task, **kw)[0])
+
+
+def signal_key(cfg: DictConfig, p: dict[str, Any], kind: str):
+    """The derived key of one signal of the pool: the pool's key, the signal's `signals` settings (keys.py),
+    and for the LM signals the model (with LoRA settings and the initial adapter's content) and, for EL2N after
+    a warm-up fine-tune, the training settings."""
+    from goracs.keys import derive, signal_settings
+
+    settings: dict[str, Any] = {"task": cfg.task.name, "signals": signal_settings(kind, as_dict(cfg.signals))}
+    if kind in ("grad_norms", "el2n"):
+        settings["model"] = model_key(cfg)
+    if kind == "el2n" and int(cfg.signals.el2n_warmup_epochs) > 0:
+        settings["train"] = as_dict(cfg.train)
+    return derive(kind, [p["key"]], settings)
 
 
 def compute_grad_norms(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
@@ -183,8 +90,7 @@ def compute_grad_norms(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
     from goracs.signals.grads import grad_norms
 
     s = cfg.signals
-    key = {"pool": p["key"], "task": cfg.task.name, "model": model_key(cfg), "layer": int(s.grad_layer),
-           "max_len": int(s.max_len), "lora_seed": int(s.lora_seed), "lora": as_dict(cfg.model.lora)}
+    key = signal_key(cfg, p, "grad_norms").spec
     cache = stage_cache(cfg)
     out = cache.path("grads", key)
     with cache.lock("grads", key):  # two jobs that need the same norms compute them once
@@ -204,9 +110,7 @@ def compute_el2n(cfg: DictConfig, p: dict[str, Any]) -> np.ndarray:
     """EL2N scores of the train pool, after an optional warm-up fine-tune on a random subset."""
     s = cfg.signals
     warm = int(s.el2n_warmup_epochs)
-    key = {"pool": p["key"], "task": cfg.task.name, "model": model_key(cfg), "max_len": int(s.max_len),
-           "warmup_epochs": warm, "warmup_samples": int(s.el2n_warmup_samples), "seed": int(s.el2n_warmup_seed),
-           "train": as_dict(cfg.train) if warm else None}
+    key = signal_key(cfg, p, "el2n").spec
     cache = stage_cache(cfg)
     with cache.lock("el2n", key):
         if not cache.done("el2n", key):
@@ -236,14 +140,6 @@ def _build_el2n(cfg: DictConfig, p: dict[str, Any], key: dict, cache: StageCache
         save_npy(tmp / "el2n.npy", np.asarray(scores, dtype=np.float32))
 
 
-def selector_params(cfg: DictConfig) -> tuple[str, int, dict[str, Any]]:
-    """(name, budget, constructor parameters) of the configured selector."""
-    params = as_dict(cfg.selector)
-    name = params.pop("name")
-    budget = int(params.pop("budget"))
-    return name, budget, params
-
-
 def build_signals(cfg: DictConfig, p: dict[str, Any], needs: tuple[str, ...]):
     """The Signals a selector needs (computed or loaded from the cache)."""
     from goracs.selection.base import Signals
@@ -271,19 +167,26 @@ def sequence_signals(p: dict[str, Any]) -> dict[str, Any]:
             "n_items": len(items)}
 
 
+def select_key(cfg: DictConfig, p: dict[str, Any], needs) -> Any:
+    """The coreset's derived key: the pool's and every used signal's keys, the resolved selector settings and the
+    seed."""
+    from goracs.keys import NEED_TO_SIGNAL, derive
+
+    kinds = sorted({NEED_TO_SIGNAL[n] for n in needs if n in NEED_TO_SIGNAL})
+    return derive("select", [p["key"], *(signal_key(cfg, p, k) for k in kinds)],
+                  {"task": cfg.task.name, "selector": as_dict(cfg.selector), "seed": int(cfg.seed),
+                   "needs": sorted(needs)})
+
+
 def run_select(cfg: DictConfig, p: dict[str, Any]) -> dict[str, Any]:
     """Select the coreset with the configured selector; cached by signals, selector settings, budget and seed."""
-    from goracs.selection.base import make_selector
+    from goracs.selection.build import build_selector
 
-    name, budget, params = selector_params(cfg)
-    selector = make_selector(name, **params)
+    _, budget, selector = build_selector(cfg.selector)  # the _target_ class with the node's settings
+    budget = int(budget)
     needs = tuple(getattr(selector, "needs", ())) + tuple(getattr(selector, "extra_needs", ()))
-    key = {"pool": p["key"], "task": cfg.task.name, "selector": name, "params": params, "budget": budget,
-           "seed": int(cfg.seed), "needs": sorted(needs),
-           "signals": {"encoder": cfg.signals.encoder, "model": model_key(cfg) if
-                       {"grad_norms", "el2n"} & set(needs) else None,
-                       "grad": [int(cfg.signals.grad_layer), int(cfg.signals.max_len), int(cfg.signals.lora_seed)],
-                       "el2n": [int(cfg.signals.el2n_warmup_epochs), int(cfg.signals.el2n_warmup_samples)]}}
+    skey = select_key(cfg, p, needs)
+    key = skey.spec
     cache = stage_cache(cfg)
     with cache.lock("select", key):
         if not cache.done("select", key):
@@ -295,24 +198,27 @@ def run_select(cfg: DictConfig, p: dict[str, Any]) -> dict[str, Any]:
                 save_npy(tmp / "indices.npy", sel.indices)
                 write_json(tmp / "report.json", sel.report)
     path = cache.path("select", key)
-    return {"key": key, "path": path, "indices": np.load(path / "indices.npy"),
+    return {"key": key, "stage_key": skey, "path": path, "indices": np.load(path / "indices.npy"),
             "report": json.loads((path / "report.json").read_text())}
 
 
 def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=None) -> dict[str, Any]:
     """LoRA fine-tuning on the coreset; the adapter is cached by the selection, model and training settings."""
+    from goracs.keys import derive
     from goracs.train import train_lora
 
     # the run's seed seeds fine-tuning too, so seeds vary the whole pipeline, not only the selection
     tcfg = {**as_dict(cfg.train), "seed": int(cfg.seed)}
-    key = {"select": sel["path"].name, "model": model_key(cfg), "train": tcfg}
+    tkey = derive("train", [sel["stage_key"], p["key"]], {"task": cfg.task.name, "model": model_key(cfg),
+                                                          "train": tcfg})
+    key = tkey.spec
     cache = stage_cache(cfg)
     out = cache.path("train", key)
     with cache.lock("train", key):  # a second job on the same coreset and settings waits for the first
         if cache.done("train", key):
             # loaded only if a later stage needs the model (an evaluation already cached does not)
             report = {**json.loads((out / "train_report.json").read_text()), "cached": True}
-            return {"key": key, "path": out, "model": None, "tokenizer": None, "report": report}
+            return {"key": key, "stage_key": tkey, "path": out, "model": None, "tokenizer": None, "report": report}
         model, tok = base_model(cfg, fresh=True)
         coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
         # trained in the stage's temporary folder and renamed into place complete (a killed run leaves nothing)
@@ -321,15 +227,21 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
                                        init_adapter=init_adapter(cfg))
             report["adapter_dir"] = str(out / "adapter")
             write_json(tmp / "train_report.json", report)
-    return {"key": key, "path": out, "model": model, "tokenizer": tok, "report": report}
+    return {"key": key, "stage_key": tkey, "path": out, "model": model, "tokenizer": tok, "report": report}
 
 
 def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any],
                  sel: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate the fine-tuned model on the test split (plus the proxy-check values when `sel` is given);
     cached by the adapter and the evaluation settings."""
-    key = {"train": trained["path"].name, "eval": as_dict(cfg.eval), "task": cfg.task.name,
-           "test": p["key"], "proxy": sel is not None}
+    from goracs.keys import derive
+
+    upstream = [trained["stage_key"], p["key"]]
+    proxy = None
+    if sel is not None:  # the proxy check reads the coreset's POO from the embeddings and the gradient norms
+        upstream += [signal_key(cfg, p, "embeddings"), signal_key(cfg, p, "grad_norms")]
+        proxy = {"lam": float(cfg.task.get("lam", 0.0)), "indices": sel["path"].name}
+    key = derive("evaluate", upstream, {"task": cfg.task.name, "eval": as_dict(cfg.eval), "proxy": proxy}).spec
     cache = stage_cache(cfg)
     with cache.lock("evaluate", key):
         if not cache.done("evaluate", key):
@@ -359,7 +271,6 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any],
     return json.loads((cache.path("evaluate", key) / "metrics.json").read_text())
 
 
-SCALAR_METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "auc", "logloss", "accuracy")
 PROXY = ("poo", "poo_lam", "test_loss")
 
 
@@ -407,18 +318,27 @@ def proxy_values(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], traine
     return {"poo": float(value), "poo_lam": lam, "test_loss": float(np.mean(losses))}
 
 
+def finished_result(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The result of a job that already finished in `out_dir` with the same resolved config (skip_finished),
+    else None."""
+    done = Path(out_dir) / "metrics.json"
+    if not (done.exists() and cfg.get("skip_finished", True)):
+        return None
+    prev = json.loads(done.read_text())
+    return prev if prev.get("config") == as_dict(cfg) else None
+
+
 def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """prepare -> signals -> select -> train -> evaluate for one dataset, task, selector and seed."""
     out_dir = Path(out_dir)
     if cfg.selector.name in (cfg.get("seqrec_only_selectors") or []) and cfg.task.name != "seqrec":
         log.warning("%s is a SeqRec-only selector: %s skipped", cfg.selector.name, cfg.task.name)
         return {}
+    prev = finished_result(cfg, out_dir)
+    if prev is not None:
+        log.info("%s already finished with this config: skipped", out_dir)
+        return prev
     done = out_dir / "metrics.json"
-    if done.exists() and cfg.get("skip_finished", True):
-        prev = json.loads(done.read_text())
-        if prev.get("config") == as_dict(cfg):
-            log.info("%s already finished with this config: skipped", out_dir)
-            return prev
     t0 = time.perf_counter()
     data = run_prepare(cfg)
     p = pool(cfg, data)
@@ -430,7 +350,7 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         for name, values in traj.items():
             logger.log_trajectory(values, name="poo" if name == "all" else f"poo_{name.replace(' ', '')}")
         metrics = run_evaluate(cfg, p, trained, sel if cfg.get("proxy_check", True) else None)
-        scalars = {k.lower(): float(metrics[k]) for k in metrics if k.lower() in SCALAR_METRICS + PROXY}
+        scalars = {k.lower(): float(metrics[k]) for k in metrics if _is_scalar_metric(k)}
         # budget = the samples actually fine-tuned on (the whole pool when it is smaller than the request), so
         # tables and budget sweeps group and plot at the size that was used; budget_requested = selector.budget
         result = {"dataset": cfg.dataset.name, "task": cfg.task.name, "selector": cfg.selector.name,
@@ -449,130 +369,14 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return result
 
 
+def _is_scalar_metric(key: str) -> bool:
+    """A metric or proxy value to record as a number (hr@k, ndcg@k at any cut-off, auc, logloss, accuracy...)."""
+    from goracs.evaluate.metrics import METRICS
+
+    return key.lower() in PROXY or key.split("@", 1)[0].lower() in METRICS
+
+
 def _one_row(result: dict[str, Any]):
     import pandas as pd
 
     return pd.DataFrame([{k: v for k, v in result.items() if not isinstance(v, (list, dict))}])
-
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def with_task_selector(cfg: DictConfig, task: str, selector: str) -> DictConfig:
-    """A copy of cfg running `task` with `selector` (group files loaded from configs/); task settings that the
-    run changed from its own task file (by a profile or on the command line) carry over to the new task."""
-    sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    own = OmegaConf.load(CONFIG_DIR / "task" / f"{cfg.task.name}.yaml")
-    task_cfg = OmegaConf.load(CONFIG_DIR / "task" / f"{task}.yaml")
-    for k in cfg.task:
-        if k != "name" and (k not in own or cfg.task[k] != own[k]):
-            task_cfg[k] = cfg.task[k]
-    sub.task = task_cfg
-    path = CONFIG_DIR / "selector" / f"{selector}.yaml"
-    if not path.exists():
-        raise ValueError(f"unknown selector '{selector}': no {path}")
-    sub.selector = OmegaConf.load(path)
-    return sub
-
-
-def result_table(rows: list[dict[str, Any]]) -> str:
-    """The demo's printed table: one row per task and selector."""
-    out = []
-    for r in rows:
-        metrics = ["hr@5", "hr@10", "ndcg@5", "ndcg@10"] if r["task"] == "seqrec" else ["auc", "logloss"]
-        out.append({"task": r["task"], "selector": r["selector"], "budget": r["budget"],
-                    "metrics": ", ".join(f"{m.upper()} {r[m]:.4f}" for m in metrics if r.get(m) is not None),
-                    "select s": round(r.get("select_seconds") or 0.0, 2),
-                    "run s": round(r["wall_seconds"], 1)})
-    return markdown_table(out)
-
-
-def run_demo(cfg: DictConfig, out_dir: Path) -> list[dict[str, Any]]:
-    """The main job on the embedded default: every task x selector of the demo, then one table."""
-    names = list(cfg.demo.full_selectors if int(cfg.demo.full) else cfg.demo.selectors)
-    rows = []
-    t0 = time.perf_counter()
-    for task in cfg.demo.tasks:
-        for name in names:
-            if name in (cfg.get("seqrec_only_selectors") or []) and task != "seqrec":
-                continue
-            sub = with_task_selector(cfg, task, name)
-            log.info("demo: %s with %s", task, name)
-            rows.append(run_all(sub, out_dir / f"{task}_{name}"))
-    rows = [r for r in rows if r]  # skipped jobs (a SeqRec-only selector on CTR) return {}
-    table = result_table(rows)
-    first = rows[0] if rows else {}
-    total = time.perf_counter() - t0
-    text = (f"# Demo results (synthetic default, SmolLM2-135M, {'all selectors' if int(cfg.demo.full) else 'GORACS and random'})\n\n"
-            f"Command: `make demo{' FULL=1' if int(cfg.demo.full) else ''}`; total {total / 60:.1f} min "
-            f"(jobs already in the stage cache cost nothing).\n\n{table}\n"
-            f"{first.get('n_train_pool', 0)} training samples in the pool, {first.get('n_test', 0)} test samples, "
-            f"one seed: the demo checks the whole harness "
-            f"end to end; differences of a few points are within noise at this size (the results tables average "
-            f"seeds).\n")
-    print("\n" + text)
-    res_dir = Path(cfg.demo.out_dir)
-    write_text(res_dir / f"table{'_full' if int(cfg.demo.full) else ''}.md", text)
-    write_json(res_dir / f"results{'_full' if int(cfg.demo.full) else ''}.json", rows)
-    write_text(out_dir / "table.md", text)
-    return rows
-
-
-def run_aggregate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Tables from the profile's table runs and figures from its sweeps, into results/ (and W&B)."""
-    from goracs.report import plots
-    from goracs.report.aggregate import METRICS, collect, write_tables
-
-    prof = cfg.aggregate.profile
-    root = Path(cfg.paths.output_dir)
-    res = Path(cfg.paths.results_dir)
-    tables = write_tables([root / f"table_{prof}"], res)
-    figs = res / "figures"
-    made = []
-    sweeps = collect([root / f"sweep_{prof}"]) if (root / f"sweep_{prof}").exists() else None
-    main_metric = {"seqrec": "ndcg@10", "ctr": "auc"}
-    if sweeps is not None and not sweeps.empty:
-        for task, part in sweeps.groupby("task"):
-            m = main_metric[task]
-            lam_runs = part[(part["selector"] == "goracs") & part["lam"].notna()]
-            if lam_runs["lam"].nunique() > 1:
-                b = lam_runs["budget"].mode().iloc[0]
-                made.append(plots.metric_vs(lam_runs[lam_runs["budget"] == b], "lam", m,
-                                            figs / f"{task}_{m}_vs_lambda.png",
-                                            f"{task}: {m.upper()} against lambda (n = {b})"))
-            if part["budget"].nunique() > 1:
-                lam_default = cfg.aggregate.get("lam", {}).get(task)
-                keep = part[(part["selector"] != "goracs") | (part["lam"].astype(float) == float(lam_default))] \
-                    if lam_default is not None else part
-                made.append(plots.metric_vs(keep, "budget", m, figs / f"{task}_{m}_vs_budget.png",
-                                            f"{task}: {m.upper()} against budget"))
-    runs = collect([root / f"table_{prof}", root / f"sweep_{prof}"])
-    if not runs.empty and "poo" in runs and "test_loss" in runs:
-        for task, part in runs.dropna(subset=["poo", "test_loss"]).groupby("task"):
-            b = part["budget"].mode().iloc[0]
-            part = part[part["budget"] == b]
-            if len(part) > 2:
-                kinds = ["random" if s == "random" else ("GORACS" if s == "goracs" else "other selectors")
-                         for s in part["selector"]]
-                made.append(plots.proxy_check(part["poo"].to_numpy(float), part["test_loss"].to_numpy(float),
-                                              kinds, figs / f"{task}_proxy_check.png"))
-    traj = {}
-    for path in sorted((root / f"table_{prof}").rglob("metrics.json")):
-        m = json.loads(path.read_text())
-        if m.get("poo_trajectories") and m.get("seed", 0) == 0:
-            for name, values in m["poo_trajectories"].items():
-                label = f"{m['dataset']}/{m['task']} n={m['budget']}" + ("" if name == "all" else f" {name}")
-                traj[label] = values
-    if traj:
-        made.append(plots.poo_descent(traj, figs / "poo_descent.png"))
-    print("\n".join(f"wrote {p}" for p in made))
-    if cfg.get("logger") is not None and cfg.logger.get("backend", "none") != "none":
-        from goracs.report.wandb import make_logger
-
-        with make_logger(cfg.logger, as_dict(cfg), dir=str(out_dir), job_type="aggregate",
-                         group=f"table-{prof}") as logger:
-            for task, df in tables.items():
-                if not df.empty:
-                    logger.log_table(f"table_{task}", df)
-    return {"tables": {k: len(v) for k, v in tables.items()}, "figures": [str(p) for p in made],
-            "metrics": METRICS}

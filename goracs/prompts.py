@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
-TASKS = ("seqrec", "ctr")
+from goracs.tasks import TASKS
+
 TEMPLATE_COLUMN = "prompt_template"
 
 # the fields each part of a template must contain ({name} placeholders) and may contain

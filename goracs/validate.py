@@ -23,9 +23,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from goracs.tasks import TASKS
+
 log = logging.getLogger(__name__)
 
-TASKS = ("seqrec", "ctr")
 DEVICES = ("cpu", "cuda", "auto")  # and cuda:<index>
 MULTI_TOKEN = ("sequence", "error", "force_sequence")  # goracs.evaluate.ctr.p_yes
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -179,7 +180,7 @@ def _lam(r: _Report, key: str, v: Any) -> None:
 
 def check_selector(r: _Report, cfg: DictConfig) -> tuple[str, ...]:
     """The selector's settings, checked by building it as run_select does; returns the signals it needs."""
-    from goracs.selection.base import REGISTRY, make_selector
+    from goracs.selection.build import build_selector
 
     n0 = len(r.problems)
     s = _resolved(r, cfg, "selector")
@@ -195,8 +196,8 @@ def check_selector(r: _Report, cfg: DictConfig) -> tuple[str, ...]:
     if "lam" in params and _own(node, "lam"):
         _lam(r, "selector.lam", params["lam"])
     if name == "goracs":
-        from goracs.selection.itra import MI_MODES
         from goracs.selection.label import LABEL_COSTS
+        from goracs.selection.mi import MI_MODES
 
         for key, lo, what in (("max_iters", 0, " (accepted ITRA exchanges)"), ("cut_num", 1, " (ITRA pruning width)")):
             if _own(node, key):
@@ -207,14 +208,8 @@ def check_selector(r: _Report, cfg: DictConfig) -> tuple[str, ...]:
             _device(r, "selector.device", params.get("device", "auto"))
     if len(r.problems) > n0:  # building the selector would report the same values again
         return ()
-    if name not in REGISTRY:
-        import baselines  # noqa: F401  (registers the baselines, as make_selector does)
-        import goracs.selection.itra  # noqa: F401
-    if name not in REGISTRY:
-        r.bad("selector.name", name, f"must be one of {sorted(REGISTRY)}")
-        return ()
-    try:  # the selector's own checks, as run_select will build it
-        selector = make_selector(name, **params)
+    try:  # the selector's own checks, as run_select will build it (its _target_ class with these settings)
+        selector = build_selector(s)[2]
     except TypeError as e:  # a setting the selector does not take
         r.add(f"selector={name}: {e} (its settings: configs/selector/{name}.yaml)")
         return ()
@@ -413,7 +408,7 @@ def check_job(r: _Report, cfg: DictConfig) -> None:
 
 def check_demo(r: _Report, cfg: DictConfig) -> None:
     """Every (task, selector) job the demo will run, each as its own `stage=all` job."""
-    from goracs.pipeline import CONFIG_DIR, with_task_selector
+    from goracs.demo import CONFIG_DIR, with_task_selector
 
     demo = cfg.get("demo")
     if demo is None:
@@ -438,7 +433,7 @@ def check_demo(r: _Report, cfg: DictConfig) -> None:
         r.add(f"demo.tasks and {key} must not be empty")
     if bad or not tasks or not names:
         return
-    # each demo job loads its selector's own file (pipeline.with_task_selector): selector.* settings of this run
+    # each demo job loads its selector's own file (demo.with_task_selector): selector.* settings of this run
     # do not reach it (the budget is task.budget)
     sel = cfg.get("selector")
     if sel is not None and (Path(CONFIG_DIR) / "selector" / f"{sel.get('name')}.yaml").exists():

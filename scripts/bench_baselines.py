@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from goracs.selection.base import Signals, make_selector
+from goracs.selection import Signals, make_selector
 
 ROOT = Path(__file__).resolve().parent.parent
 GRADS = ROOT.parent / "shared" / "data" / "goracs-example-grads" / "grad_norms.npy"
@@ -77,7 +77,7 @@ def dealrec_real(budget: int, overrides: dict | None = None) -> None:
           f"{np.mean([len(h) for h in extra['histories']]):.1f} (prepared in {time.perf_counter() - t0:.0f} s)")
     params = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "selector" /
                                                                      "dealrec.yaml")).items()
-              if k not in ("name", "budget")}
+              if k not in ("name", "budget", "_target_")}
     print(f"# parameters (configs/selector/dealrec.yaml): {params}")
     full = dict(params)
     params.update(overrides or {})

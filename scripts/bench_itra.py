@@ -70,7 +70,7 @@ def naive_greedy(C, n_steps, first):
 
 def naive_refine(C, rows, mode, cut_num, max_exchanges, time_budget):
     """First-improvement exchanges with a cold ot.emd2 per candidate (same MI ranking as ours)."""
-    from goracs.selection.itra import mi_scores
+    from goracs.selection.mi import mi_scores
     from goracs.selection.ot import poo
 
     rows = np.array(rows)
@@ -136,7 +136,8 @@ def main():
     torch.set_num_threads(1)
 
     from goracs.selection.cost import compute_cost
-    from goracs.selection.itra import greedy_init, refine
+    from goracs.selection.greedy import greedy_init
+    from goracs.selection.refine import refine
     from goracs.selection.ot import poo
 
     lines = [f"## {args.n_train:,} train x {args.n_val:,} validation, {args.dim}-d, n = {args.n}, "

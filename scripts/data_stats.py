@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from goracs.__main__ import CONFIG_DIR
 from goracs.io import write_text
-from goracs.pipeline import markdown_table, stats_rows
+from goracs.demo import markdown_table, stats_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = [("games_recbole", ["seqrec", "ctr"]), ("food_recbole", ["seqrec"]), ("synthetic", ["seqrec", "ctr"])]

@@ -95,3 +95,29 @@ def test_a_task_without_runs_keeps_its_table(tmp_path):
     write_tables([tmp_path / "runs"], out)
     assert (out / "table_seqrec.md").read_text() == "earlier SeqRec table\n"
     assert "| goracs |" in (out / "table_ctr.md").read_text()
+
+
+def test_metrics_and_cut_offs_come_from_the_eval_config(tmp_path):
+    from goracs.evaluate.metrics import MetricError, main_metric, metric, task_metrics
+
+    assert [m.name for m in task_metrics("seqrec", {"ks": [20], "metrics": {"seqrec": ["hr", "ndcg"]}})] == \
+        ["hr@20", "ndcg@20"]
+    assert main_metric("seqrec", {"ks": [5, 10], "main_metric": {"seqrec": "ndcg"}}).name == "ndcg@10"
+    assert metric("logloss").higher_is_better is False and metric("ndcg@20").higher_is_better is True
+    import pytest
+
+    with pytest.raises(MetricError, match="not a ctr metric"):
+        task_metrics("ctr", {"metrics": {"ctr": ["ndcg"]}})
+    # runs evaluated with eval.ks=[20]: the table reports HR@20 and NDCG@20
+    for sel, seed, hr in (("goracs", 0, 0.5), ("goracs", 1, 0.7), ("random", 0, 0.2)):
+        d = tmp_path / f"{sel}{seed}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({
+            "dataset": "synthetic", "task": "seqrec", "selector": sel, "budget": 8, "lam": None, "seed": seed,
+            "hr@20": hr, "ndcg@20": hr / 2, "hr@10": 0.0,
+            "config": {"eval": {"ks": [20], "metrics": {"seqrec": ["hr", "ndcg"]}}}}))
+    out = tmp_path / "results"
+    tables = write_tables([tmp_path], out)
+    md = (out / "table_seqrec.md").read_text()
+    assert "| HR@20 | NDCG@20 |" in md and "HR@10" not in md
+    assert np.isclose(tables["seqrec"].set_index("selector").loc["goracs", "hr@20_mean"], 0.6)

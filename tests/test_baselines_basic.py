@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-import baselines  # noqa: F401  (registers the selectors)
 from baselines.kcenter import KCenterSelector, k_center_greedy
-from baselines.random import RandomSelector, class_budgets
-from goracs.selection.base import REGISTRY, SelectionError, Signals
+from baselines.random import RandomSelector, pool_share_budgets
+from goracs.selection.base import SelectionError, Signals
+from goracs.selection.build import build_selector
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["random", "grand", "el2n", "kcenter"]
@@ -30,11 +30,13 @@ def signals():
 
 
 def build(name: str, **params):
-    """A selector from its Hydra config file (configs/selector/<name>.yaml), with overrides."""
+    """A selector from its Hydra config file (configs/selector/<name>.yaml, its _target_ class), with overrides."""
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "selector" / f"{name}.yaml"), resolve=False)
-    assert cfg.pop("name") == name and "budget" in cfg  # the budget is the pipeline's (per task), not a param
-    cfg.pop("budget")
-    return REGISTRY[name](**{**cfg, **params})
+    assert cfg["name"] == name and "budget" in cfg  # the budget is the pipeline's (per task), not a param
+    cfg["budget"] = None  # (an interpolation of the task config, which this file alone does not have)
+    got, _, sel = build_selector({**cfg, **params})
+    assert got == name
+    return sel
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -88,16 +90,16 @@ def test_stratified_random_keeps_class_shares(signals):
         RandomSelector(stratify=True).select(Signals(grad_norms=signals.grad_norms), 10)
 
 
-def test_class_budgets_move_overflow_to_other_classes():
+def test_pool_share_budgets_move_overflow_to_other_classes():
     labels = np.array([0] * 95 + [1] * 5)
-    assert class_budgets(labels, 20) == {0: 19, 1: 1}
+    assert pool_share_budgets(labels, 20) == {0: 19, 1: 1}
     # rounded shares (27.5 rounds to 28), the last class takes the remainder
-    assert class_budgets(np.array([0] * 3 + [1] * 30 + [2] * 3), 33) == {0: 3, 1: 28, 2: 2}
+    assert pool_share_budgets(np.array([0] * 3 + [1] * 30 + [2] * 3), 33) == {0: 3, 1: 28, 2: 2}
     rng = np.random.default_rng(0)
     for _ in range(200):
         labels = rng.integers(0, rng.integers(2, 5), size=rng.integers(5, 40))
         budget = int(rng.integers(1, len(labels) + 1))
-        got = class_budgets(labels, budget)
+        got = pool_share_budgets(labels, budget)
         counts = dict(zip(*np.unique(labels, return_counts=True)))
         assert sum(got.values()) == budget and all(0 <= got[c] <= counts[c] for c in got)
 

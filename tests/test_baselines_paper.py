@@ -11,7 +11,8 @@ from baselines.ccs import CCSSelector, allocate, strata_of
 from baselines.d2pruning import (D2PruningSelector, forward_pass, greedy_reverse, knn_exact, knn_ivf,
                                  symmetric_graph)
 from baselines.moderate import ModerateSelector
-from goracs.selection.base import REGISTRY, SelectionError, Signals
+from goracs.selection.base import SelectionError, Signals
+from goracs.selection.build import make_selector
 
 
 def _signals(n=600, d=8, seed=0, labels=False):
@@ -31,9 +32,11 @@ def _check_valid(sel, sig, budget):
     return idx
 
 
-@pytest.mark.parametrize("name", ["ccs", "d2pruning", "moderate"])
-def test_registered(name):
-    assert name in REGISTRY
+@pytest.mark.parametrize("name,cls", [("ccs", CCSSelector), ("d2pruning", D2PruningSelector),
+                                      ("moderate", ModerateSelector)])
+def test_built_from_config(name, cls):
+    sel = make_selector(name)  # configs/selector/<name>.yaml names the class
+    assert type(sel) is cls and sel.name == name
 
 
 # ---------------------------------------------------------------------------------------------------- CCS
@@ -195,9 +198,9 @@ def _seqrec(n, n_items, seed):
     return hist, targets
 
 
-def test_dealrec_valid_seeded_and_registered():
+def test_dealrec_valid_seeded_and_built_from_config():
     from baselines.dealrec import DEALRecSelector
-    assert "dealrec" in REGISTRY
+    assert type(make_selector("dealrec")) is DEALRecSelector
     hist, targets = _seqrec(300, 15, 0)
     sig = _signals(n=300, seed=8)
     sig.extra = {"histories": hist, "targets": targets, "n_items": 15}

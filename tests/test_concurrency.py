@@ -117,6 +117,7 @@ SMALL = ["model=tiny", "train=tiny", "train.epochs=1", "logger=none", "progress=
          "task.itra.max_iters=3", "task.itra.cut_num=3", "signals.grad_batch_size=8", "proxy_check=false"]
 
 
+@pytest.mark.slow
 def test_two_jobs_started_at_once_on_a_clean_checkout_build_each_stage_once(tmp_path):
     procs = []
     for name in ("A", "B"):

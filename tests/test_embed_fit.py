@@ -101,6 +101,7 @@ def test_one_overlong_text_keeps_its_instruction_and_target():
     assert kept == list(range(kept[0], 10))  # a contiguous newest part of the history
 
 
+@pytest.mark.slow
 def test_real_games_windows_are_shortened_and_counted(shared_data, tmp_path):
     from goracs.cache import StageCache
     from goracs.data.prepare import prepare

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from goracs.evaluate.common import DataError
-from goracs.evaluate.ctr import answer_token_ids, evaluate_ctr, p_yes
+from goracs.errors import DataError
+from goracs.evaluate.ctr import evaluate_ctr, p_yes
 from goracs.models import tiny_llama
 from goracs.prompts import render_prompt
+from goracs.text import answer_token_ids
 from test_train import ctr_df
 
 torch.set_num_threads(1)
@@ -45,7 +46,7 @@ def test_sequence_scoring_agrees_for_single_tokens_and_handles_multi_token_answe
     np.testing.assert_allclose(a, b, atol=1e-5)
     # answers that the vocabulary splits into several tokens
     yes, no = "Absolutely yes", "Certainly not"
-    y, n = answer_token_ids(tok, prompts[0], yes, no)
+    y, n = answer_token_ids(tok, prompts[0], (yes, no))
     assert len(y) > 1 and len(n) > 1
     c, m = p_yes(model, tok, prompts, {"progress": False, "yes": yes, "no": no})
     assert m == "sequence"
@@ -86,3 +87,26 @@ def test_evaluate_ctr_bad_input(tiny):
         evaluate_ctr(model, tok, ctr_df(2).iloc[:0], {})
     with pytest.raises(DataError, match="disagrees with label"):
         evaluate_ctr(model, tok, ctr_df(2).assign(label=[1, 1]), {})
+
+
+def test_eval_yaml_mirrors_the_eval_config_dataclass():
+    """The evaluation defaults are declared once, in EvalConfig; configs/eval/default.yaml lists exactly its keys
+    (besides the report's metric choices) with the same values except the thread limit, and eval=full changes
+    only the protocol."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from goracs.config import defaults_of
+    from goracs.evaluate.config import EvalConfig, eval_config
+    from goracs.train import load_config_file
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "eval"
+    report_keys = {"metrics", "main_metric"}  # read by goracs.evaluate.metrics for the tables, not the evaluators
+    d = defaults_of(EvalConfig)
+    y = OmegaConf.to_container(OmegaConf.load(root / "default.yaml"))
+    assert set(y) - report_keys == set(d)
+    assert {k for k in d if y[k] != d[k]} == {"num_threads"}
+    full = OmegaConf.to_container(load_config_file(root / "full.yaml"))
+    assert {k for k in full if full[k] != y[k]} == {"protocol"}
+    assert eval_config(None) == d and eval_config({"batch_size": 3})["batch_size"] == 3

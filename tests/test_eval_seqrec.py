@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from goracs.evaluate.common import DataError
-from goracs.evaluate.seqrec import (base_model_context, catalogue_embeddings, clean_generation, embed_texts,
-                                    evaluate_seqrec, generate_titles, rank_generations)
+from goracs.errors import DataError
+from goracs.evaluate.seqrec import (base_model_context, catalogue_embeddings, clean_generation, evaluate_seqrec,
+                                    generate_titles, last_token_embeddings, rank_generations)
 from goracs.models import add_lora, tiny_llama
 from goracs.prompts import SEQREC_INSTRUCTION, render_prompt, seqrec_input
 
@@ -69,7 +69,7 @@ def test_batched_beam_search_matches_one_prompt_at_a_time(tiny):
 def test_embeddings_are_last_token_last_layer_and_padding_free(tiny):
     model, tok = tiny
     texts = ["Golf Pro", "A much longer title with many words in it"]
-    e = embed_texts(model, tok, texts, batch_size=2)
+    e = last_token_embeddings(model, tok, texts, batch_size=2)
     for k, t in enumerate(texts):
         with torch.no_grad():
             h = model(tok(t, return_tensors="pt").input_ids, output_hidden_states=True).hidden_states[-1][0, -1]
@@ -80,8 +80,8 @@ def test_grounding_ranks_exact_titles_first_and_empty_generations_last(tiny):
     model, tok = tiny
     cat = catalogue()
     df = make_test_df(cat, 6)
-    cat_emb = embed_texts(model, tok, cat.title.tolist())
-    fn = lambda texts: embed_texts(model, tok, texts)  # noqa: E731
+    cat_emb = last_token_embeddings(model, tok, cat.title.tolist())
+    fn = lambda texts: last_token_embeddings(model, tok, texts)  # noqa: E731
     gens = [f'"{cat.set_index("item_id").title[t]}"' for t in df.target]
     gens[5] = '""'
     r = rank_generations(gens, df, cat, cat_emb, fn, "sampled")
@@ -116,10 +116,10 @@ def test_evaluate_seqrec_end_to_end_with_adapter_and_cache(tmp_path):
     cached = list(tmp_path.glob("catalogue_emb_*.npy"))
     assert len(cached) == 1
     with base_model_context(peft) as base:  # the cache holds BASE-model embeddings
-        ref = embed_texts(base, tok, cat.title.tolist())
+        ref = last_token_embeddings(base, tok, cat.title.tolist())
     np.testing.assert_allclose(np.load(cached[0]), ref, atol=1e-6)
     with torch.no_grad():
-        assert not np.allclose(embed_texts(peft, tok, cat.title.tolist()[:3]), ref[:3], atol=1e-3)
+        assert not np.allclose(last_token_embeddings(peft, tok, cat.title.tolist()[:3]), ref[:3], atol=1e-3)
     # cache hit gives the same numbers; the full protocol ranks over the whole catalogue
     r2 = evaluate_seqrec(peft, None, tok, df, cat, cfg, cache_dir=tmp_path)
     assert r2["per_sample"]["rank"] == r["per_sample"]["rank"]
@@ -153,9 +153,15 @@ def test_evaluate_seqrec_bad_input(tiny):
 
 def test_finetune_cli_seqrec_end_to_end(tmp_path):
     """scripts/finetune.py's main: fine-tune on a coreset of the samples, then generate + ground + rank."""
+    import importlib.util
     import json
+    from pathlib import Path
 
-    from goracs.train import main
+    script_path = Path(__file__).resolve().parents[1] / "scripts" / "finetune.py"
+    spec = importlib.util.spec_from_file_location("finetune", script_path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    main = script.main
 
     cat = catalogue()
     train = make_test_df(cat, 6, seed=1).drop(columns=["negatives"])

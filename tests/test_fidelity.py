@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from goracs.evaluate.common import DataError
+from goracs.errors import DataError
 from goracs.models import ModelError, add_lora, check_adapter_fits, load_adapter, tiny_llama
 from goracs.prompts import render_prompt
 from goracs.signals import grads as G
-from goracs.signals.common import answer_token_ids, ctr_answer_ids
+from goracs.signals.common import ctr_answer_ids, yes_no_ids
 from goracs.signals.el2n import el2n_scores
 from goracs.train import TrainError, encode_samples, sequence_loss, train_config, train_lora
 from tests.test_train import ctr_df, seqrec_df
@@ -210,7 +210,7 @@ def test_yes_no_ids_are_taken_in_context():
     tok = sentencepiece_like_tokenizer()
     prompt = render_prompt("Say.", "x")
     free = [tok.encode(w, add_special_tokens=False) for w in ("Yes", "No")]
-    yes, no = answer_token_ids(tok, prompt)
+    yes, no = yes_no_ids(tok, prompt)
     assert free == [[tok.convert_tokens_to_ids("▁Yes")], [tok.convert_tokens_to_ids("▁No")]]
     assert (yes, no) == (tok.convert_tokens_to_ids("Yes"), tok.convert_tokens_to_ids("No"))
     assert [yes] != free[0] and [no] != free[1]
@@ -224,10 +224,10 @@ def test_yes_no_ids_are_taken_in_context():
         p_yes = torch.softmax(logits[[yes, no]], 0)[0].item()
         want.append(np.sqrt(2) * abs(p_yes - lab))
     np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-6)
-    # and the evaluation scores the same ids
-    from goracs.evaluate.ctr import answer_token_ids as eval_ids
+    # and the evaluation scores the same ids (goracs.text.answer_token_ids, which yes_no_ids wraps)
+    from goracs.text import answer_token_ids
 
-    assert eval_ids(tok, prompt) == ([yes], [no])
+    assert answer_token_ids(tok, prompt) == ([yes], [no])
 
 
 # ------------------------------------------------------------------------------------------ 7. label-enhanced cost
@@ -239,7 +239,8 @@ def _authors_block_cost(X, Y, g, gmax, lam):
 
 def test_label_enhanced_cost_is_the_authors_normalisation():
     from goracs.selection.cost import compute_cost
-    from goracs.selection.itra import GoracsSelector, itra
+    from goracs.selection.goracs import GoracsSelector
+    from goracs.selection.refine import itra
     from goracs.selection.base import Signals
     from goracs.selection.label import class_budgets
 

@@ -15,6 +15,8 @@ import goracs.train
 from goracs.__main__ import CONFIG_DIR
 from goracs.pipeline import run_all
 
+pytestmark = pytest.mark.slow  # whole pipelines on the tiny model
+
 SMALL = ["model=tiny", "train=tiny", "train.epochs=2", "train.resume=false", "logger=none", "progress=false",
          "dataset.synthetic.n_users=200", "dataset.synthetic.n_items=160", "task.max_history=3",
          "task.pool.max_train=40", "task.pool.max_test=12", "task.budget=8", "task.itra.max_iters=5",

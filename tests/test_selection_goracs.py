@@ -8,9 +8,13 @@ import scipy.optimize
 
 from goracs.selection.base import SelectionError, Signals
 from goracs.selection.cost import compute_cost
-from goracs.selection.itra import GoracsSelector, greedy_init, itra, mi_scores, refine
+from goracs.selection.exchange import ExchangeSolver
+from goracs.selection.goracs import GoracsSelector
+from goracs.selection.greedy import greedy_init
 from goracs.selection.label import class_budgets
-from goracs.selection.ot import ExchangeSolver, poo
+from goracs.selection.mi import mi_scores
+from goracs.selection.ot import poo
+from goracs.selection.refine import itra, refine
 
 
 def _lp_ot(Cs):
@@ -211,7 +215,7 @@ def test_screening_does_not_change_the_result():
 
 
 def test_pair_lower_bound_is_valid():
-    from goracs.selection.itra import _pair_bounds
+    from goracs.selection.mi import _pair_bounds
     from goracs.selection.ot import ctransform
     rng = np.random.default_rng(9)
     C = rng.random((40, 17)).astype(np.float32)
@@ -261,8 +265,8 @@ def test_label_enhanced_selector_follows_shares():
 # ---------------------------------------------------------------- selector interface and bad input
 
 
-def test_selector_registered_and_runs():
-    from goracs.selection.base import make_selector
+def test_make_selector_builds_from_the_config_and_runs():
+    from goracs.selection import make_selector
     X, Y, g = _clusters(80, 25, seed=8)
     sel = make_selector("goracs", lam=0.5, max_iters=4, cut_num=4, mi_estimate="tight", label_enhanced="auto",
                         device="cpu", progress=False)
@@ -279,7 +283,8 @@ def test_config_keys():
     from pathlib import Path
     cfg = yaml.safe_load((Path(__file__).parents[1] / "configs/selector/goracs.yaml").read_text())
     assert cfg["name"] == "goracs"
-    rest = {k: v for k, v in cfg.items() if k not in ("name", "budget")}
+    assert cfg["_target_"] == "goracs.selection.goracs.GoracsSelector"
+    rest = {k: v for k, v in cfg.items() if k not in ("name", "budget", "_target_")}
     assert set(rest) == {"lam", "max_iters", "cut_num", "mi_estimate", "label_enhanced", "device", "label_cost"}
     # values may be interpolations resolved by Hydra from the task config; the literal ones must be accepted
     GoracsSelector(**{k: v for k, v in rest.items() if not (isinstance(v, str) and v.startswith("${"))})
@@ -305,7 +310,8 @@ def test_selector_bad_input():
 
 @pytest.mark.parametrize("L", [128, 3])
 def test_lazy_outer_ranking_equals_full_rescore(L):
-    from goracs.selection.itra import _LazyOuter, _outer_scores
+    from goracs.selection.mi import _outer_scores
+    from goracs.selection.outer import _LazyOuter
     from goracs.selection.ot import ceil_div, ctransform
     X, Y, g = _clusters(300, 60, seed=11)
     C = compute_cost(X, Y, g, 0.5)
@@ -326,7 +332,7 @@ def test_lazy_outer_ranking_equals_full_rescore(L):
 
 
 def test_fused_tight_row_equals_reference_formula():
-    from goracs.selection.itra import _mi_from_d, _mi_tight_row
+    from goracs.selection.mi import _mi_from_d, _mi_tight_row
     from goracs.selection.ot import ctransform
     rng = np.random.default_rng(12)
     C = rng.random((30, 23)).astype(np.float32)
@@ -347,7 +353,8 @@ def test_fused_tight_row_equals_reference_formula():
 
 
 def test_shift_slack_bounds_the_drop_of_every_outer_score():
-    from goracs.selection.itra import _outer_scores, _shift_slack
+    from goracs.selection.mi import _outer_scores
+    from goracs.selection.outer import _shift_slack
     rng = np.random.default_rng(13)
     C = rng.random((200, 40)).astype(np.float32)
     skip = np.zeros(200, bool)
@@ -369,7 +376,7 @@ def test_shift_slack_bounds_the_drop_of_every_outer_score():
 
 
 def test_indexed_heap_pops_in_key_then_latest_update_order():
-    from goracs.selection.ot import _ih_pop, _ih_update
+    from goracs.selection.ssp import _ih_pop, _ih_update
     rng = np.random.default_rng(14)
     V = 60
     hk, hs, hn = np.empty(V), np.empty(V, np.int64), np.empty(V, np.int64)
@@ -394,7 +401,7 @@ def test_indexed_heap_pops_in_key_then_latest_update_order():
 
 
 def test_flow_cost_from_lists_equals_full_scan():
-    from goracs.selection.ot import _flow_cost, _flow_cost_lists
+    from goracs.selection.ssp import _flow_cost, _flow_cost_lists
     rng = np.random.default_rng(15)
     C = rng.random((50, 24)).astype(np.float32)
     es = ExchangeSolver(C, rng.choice(50, 5, replace=False))
@@ -414,7 +421,8 @@ def test_flow_cost_from_lists_equals_full_scan():
 def test_row_slack_bounds_the_drop_of_every_outer_score():
     # Block-structured dual moves (most columns drift together, a cluster of columns does not) are where the
     # row-independent shift bound is loose; the per-row bound must stay valid there and never be looser.
-    from goracs.selection.itra import _LazyOuter, _row_slack, _shift_slack, _tight_scores_y
+    from goracs.selection.mi import _tight_scores_y
+    from goracs.selection.outer import _LazyOuter, _row_slack, _shift_slack
     rng = np.random.default_rng(14)
     N, M, n = 300, 60, 12
     R = -(-M // n)
@@ -446,7 +454,8 @@ def test_row_slack_bounds_the_drop_of_every_outer_score():
 def test_fused_certificate_sweep_equals_separate_passes():
     # _certify_ctransform: a 4-rows-at-a-time c-transform sweep, the certificate read off f1 - v, and the rows
     # re-read on the violated columns only; same values, the same appended arcs as the row-wise certificate
-    from goracs.selection.ot import _certify_ctransform, _min_reduced_cost, ctransform
+    from goracs.selection.certify import _certify_ctransform, _min_reduced_cost
+    from goracs.selection.ot import ctransform
     rng = np.random.default_rng(15)
     for N, M, rows in [(40, 23, np.array([3, 7, 11, 20, 31, 39])), (60, 97, np.arange(1, 60, 6))]:
         n = len(rows)
@@ -476,7 +485,7 @@ def test_fused_certificate_sweep_equals_separate_passes():
 
 
 def test_inner_scores_equal_per_slot_leave_one_out():
-    from goracs.selection.itra import _inner_scores, _mi_tight_row
+    from goracs.selection.mi import _inner_scores, _mi_tight_row
     from goracs.selection.ot import ctransform
     rng = np.random.default_rng(16)
     C = rng.random((50, 31)).astype(np.float32)
@@ -513,7 +522,7 @@ def test_exchange_searches_unchanged_by_the_tight_arc_stack():
 
 
 def test_kth_smallest_equals_partition():
-    from goracs.selection.ot import _kth_smallest
+    from goracs.selection.certify import _kth_smallest
     rng = np.random.default_rng(21)
     for M, K in [(50, 1), (50, 7), (300, 96), (97, 96), (1000, 333)]:
         for ties in (False, True):

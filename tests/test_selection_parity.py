@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from goracs.selection.cost import compute_cost
-from goracs.selection.itra import greedy_init, itra, mi_scores
+from goracs.selection.greedy import greedy_init
+from goracs.selection.mi import mi_scores
 from goracs.selection.ot import poo
 from goracs.selection.reference import (cold_solve, greedy_reference, mi_scores_reference, prune_reference,
                                         refine_reference)
+from goracs.selection.refine import itra
 from tests.conftest import SHARED
 
 PARITY = SHARED / "goracs-parity"

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from goracs.models import ModelError, tiny_llama
+from goracs.models import ModelError, add_lora, tiny_llama
+from goracs.signals import grad_batch as GB
 from goracs.signals import grads as G
 from goracs.signals import packed as P
-from goracs.signals.common import SignalError, answer_token_ids, common_prefix_len, encode, length_batches, pad_right
+from goracs.signals.common import SignalError, common_prefix_len, encode, length_batches, yes_no_ids
+from goracs.text import pad_right
 from goracs.signals.toy import toy_split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,13 +56,13 @@ def test_shared_prefix_cache_changes_nothing_but_the_work(tiny, frames, task, mo
     df = frames[task]
     assert common_prefix_len(encode(tok, df, task, 512).ids) > 50  # header + instruction are shared
     used = {"n": 0}
-    real = G._batch_norms_prefix
+    real = GB.batch_norms_prefix
 
     def spy(*a, **k):
         used["n"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(G, "_batch_norms_prefix", spy)
+    monkeypatch.setattr(GB, "batch_norms_prefix", spy)
     kw = dict(batch_size=3, packed=False, progress=False)  # the padded Hugging Face path (non-LLaMA models)
     with_prefix = G.grad_norms(model, tok, df, task, **kw)
     assert used["n"] == 4  # 10 samples in batches of 3, all through the cached prefix
@@ -85,13 +87,13 @@ def test_packed_path_with_and_without_prefix(tiny, frames, task, monkeypatch):
     df = frames[task]
     assert P.packable(model)
     prefixes = []
-    real = G._batch_norms_packed
+    real = GB.batch_norms_packed
 
     def spy(model, lora_b, enc, rows, task, yes_no, st):
         prefixes.append(st["len"])
         return real(model, lora_b, enc, rows, task, yes_no, st)
 
-    monkeypatch.setattr(G, "_batch_norms_packed", spy)
+    monkeypatch.setattr(GB, "batch_norms_packed", spy)
     loop = G.grad_norms_loop(model, tok, df, task, progress=False)
     c = common_prefix_len(encode(tok, df, task, 512).ids)
     for kw, expect in ((dict(), c), (dict(shared_prefix=0), 0), (dict(shared_prefix=c + 1), 0)):
@@ -144,7 +146,7 @@ def test_closed_form_token_loss_gradient_matches_autograd():
     weight, hs = torch.randn(50, 8), torch.randn(7, 8)
     targets, w = torch.randint(0, 50, (7,)), torch.rand(7)
     for block in (1 << 28, 50 * 4 * 3):  # one block, and blocks of 3 rows
-        ce, grad = G._ce_and_input_grad(weight, hs, targets, w, block_bytes=block)
+        ce, grad = GB.ce_and_input_grad(weight, hs, targets, w, block_bytes=block)
         h = hs.clone().requires_grad_(True)
         ref = torch.nn.functional.cross_entropy(h @ weight.T, targets, reduction="none")
         (ref_grad,) = torch.autograd.grad((ref * w).sum(), h)
@@ -186,7 +188,7 @@ def test_interrupted_run_resumes_identically(tiny, frames, tmp_path, monkeypatch
     kw = dict(batch_size=2, shard_size=3, progress=False)
     fresh = G.grad_norms(model, tok, df, "seqrec", shard_dir=tmp_path / "fresh", **kw)
 
-    real, calls = G._batch_norms, {"n": 0}
+    real, calls = GB.batch_norms, {"n": 0}
 
     def dies_on_third_batch(*a, **k):
         calls["n"] += 1
@@ -194,7 +196,7 @@ def test_interrupted_run_resumes_identically(tiny, frames, tmp_path, monkeypatch
             raise KeyboardInterrupt("simulated interruption")
         return real(*a, **k)
 
-    monkeypatch.setattr(G, "_batch_norms", dies_on_third_batch)
+    monkeypatch.setattr(GB, "batch_norms", dies_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         G.grad_norms(model, tok, df, "seqrec", shard_dir=tmp_path / "run", **kw)
     shards = sorted((tmp_path / "run").glob("grads-*/shard_*.npy"))
@@ -209,7 +211,7 @@ def test_interrupted_run_resumes_identically(tiny, frames, tmp_path, monkeypatch
     np.testing.assert_allclose(resumed, G.grad_norms(model, tok, df, "seqrec", batch_size=4, progress=False),
                                rtol=1e-5)
     # a second call is served from the shards without any forward pass
-    monkeypatch.setattr(G, "_batch_norms", lambda *a, **k: pytest.fail("recomputed a cached shard"))
+    monkeypatch.setattr(GB, "batch_norms", lambda *a, **k: pytest.fail("recomputed a cached shard"))
     np.testing.assert_array_equal(G.grad_norms(model, tok, df, "seqrec", shard_dir=tmp_path / "run", **kw), fresh)
 
 
@@ -233,6 +235,7 @@ def test_ranks_fill_disjoint_shards(tiny, frames, tmp_path):
     np.testing.assert_allclose(out, G.grad_norms_loop(model, tok, df, "ctr", progress=False), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_matches_one_process(tmp_path, frames):
     df = frames["ctr"]
     data = tmp_path / "ctr.parquet"
@@ -300,12 +303,12 @@ def test_bad_inputs_fail_clearly(tiny, frames):
     prompt = "### Response:\n"
     assert len(tok("Surely yes indeed", add_special_tokens=False).input_ids) > 1
     with pytest.raises(SignalError, match="splits the answer 'Surely yes indeed' into"):
-        answer_token_ids(tok, prompt, ("Surely yes indeed", "No"))
+        yes_no_ids(tok, prompt, ("Surely yes indeed", "No"))
     with pytest.raises(SignalError, match="same token"):
-        answer_token_ids(tok, prompt, ("No", "No"))
+        yes_no_ids(tok, prompt, ("No", "No"))
 
     plain, _ = tiny_llama(seed=0, vocab_from=tok)
-    q_only = G.add_lora(plain, target_modules=("q_proj",))
+    q_only = add_lora(plain, target_modules=("q_proj",))
     with pytest.raises(SignalError, match="no LoRA adapter on a module named 'v_proj'"):
         G.grad_norms(q_only, tok, frames["ctr"], "ctr", progress=False)
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from goracs.evaluate.common import DataError
+from goracs.errors import DataError
 from goracs.models import tiny_llama
 from goracs.prompts import CTR_INSTRUCTION, SEQREC_INSTRUCTION, ctr_input, ctr_response, seqrec_input
 from goracs.train import (encode_samples, eval_cadence, load_config_file, select_coreset, sequence_loss, train_config,
@@ -69,6 +69,28 @@ def test_config_files_merge_defaults():
     assert eval_cadence(s, 1024, 8) == 100 and 8 * 50 // 100 == 4 < s["patience"]
     es = train_config(load_config_file(ROOT / "configs/train/paper_seqrec_es.yaml"), "seqrec")
     assert eval_cadence(es, 1024, 8) == 8 and es["lr"] == s["lr"]
+
+
+def test_train_yaml_mirrors_the_train_config_dataclass():
+    """The defaults are declared once, in TrainConfig; configs/train/default.yaml lists exactly its keys (and
+    LoraConfig's under lora) with the same values except the CPU-sized profile's own choices, and no train
+    profile sets a key that train_lora does not read."""
+    from omegaconf import OmegaConf
+
+    from goracs.config import defaults_of
+    from goracs.train import TrainConfig
+
+    d = defaults_of(TrainConfig)
+    y = OmegaConf.to_container(OmegaConf.load(ROOT / "configs/train/default.yaml"))
+    assert set(y) == set(d) and set(y["lora"]) == set(d["lora"])
+    assert {k for k in y if y[k] != d[k]} == {"eval_every_steps", "val_max_samples", "num_threads",
+                                              "task_overrides"}
+    for f in sorted((ROOT / "configs/train").glob("*.yaml")):
+        c = OmegaConf.to_container(load_config_file(f))
+        assert set(c) <= set(d), (f.name, sorted(set(c) - set(d)))
+        for task, over in (c.get("task_overrides") or {}).items():
+            assert set(over) <= set(d), (f.name, task, sorted(set(over) - set(d)))
+    assert train_config({}, "seqrec") == d  # a partial config falls back to the dataclass defaults
 
 
 def test_ctr_encoding_masks_the_prompt_and_seqrec_does_not():

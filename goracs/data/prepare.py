@@ -12,10 +12,11 @@ import pandas as pd
 
 from goracs.cache import StageCache
 from goracs.data.datasets import cache_key, load_interactions
-from goracs.data.samples import TASKS, build_samples
+from goracs.data.samples import build_samples
 from goracs.data.splits import sample_negatives, split_samples
 from goracs.io import save_parquet, write_json
 from goracs.prompts import PromptTemplate, resolve_template
+from goracs.tasks import TASKS
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from goracs import prompts
+from goracs.tasks import TASKS
 
 log = logging.getLogger(__name__)
-
-TASKS = ("seqrec", "ctr")
 
 
 def normalise_interactions(inter: pd.DataFrame) -> pd.DataFrame:

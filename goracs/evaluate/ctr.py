@@ -8,34 +8,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from goracs.evaluate.common import (DataError, answer_ids_in_context, check_samples, lm_forward, model_device,
-                                    pad_batch, set_threads, sharded_map, to_dict, truncate)
+from goracs.errors import DataError
+from goracs.evaluate.config import eval_config
 from goracs.evaluate.metrics import auc_logloss
 from goracs.prompts import sample_prompts
+from goracs.runtime import model_device, set_threads, sharded_map
+from goracs.tasks import check_samples
+from goracs.text import answer_token_ids, lm_forward, pad_batch, token_ids, truncate
 
 log = logging.getLogger(__name__)
-
-CTR_EVAL_DEFAULTS: dict[str, Any] = {"batch_size": 8, "cutoff_len": 512, "yes": "Yes", "no": "No",
-                                     "multi_token": "sequence", "num_threads": None, "progress": True}
-
-
-def answer_token_ids(tokenizer, prompt: str, yes: str = "Yes", no: str = "No") -> tuple[list[int], list[int]]:
-    """Token ids of the Yes and No answers as they follow a prompt."""
-    y, n = answer_ids_in_context(tokenizer, prompt, (yes, no))
-    if y == n:
-        raise DataError(f"{yes!r} and {no!r} encode to the same tokens {y}")
-    return y, n
-
 
 @torch.no_grad()
 def p_yes(model, tokenizer, prompts: list[str], cfg: Any = None) -> tuple[np.ndarray, str]:
     """P(Yes) per prompt and the method used ('logits': single-token answers, 'sequence': multi-token)."""
     from tqdm.auto import tqdm
 
-    c = {**CTR_EVAL_DEFAULTS, **to_dict(cfg)}
+    c = eval_config(cfg)
     if not prompts:
         raise DataError("no prompts to score")
-    y_ids, n_ids = answer_token_ids(tokenizer, prompts[0], c["yes"], c["no"])
+    y_ids, n_ids = answer_token_ids(tokenizer, prompts[0], (c["yes"], c["no"]))
     single = len(y_ids) == 1 and len(n_ids) == 1
     if not single and c["multi_token"] != "sequence":
         raise DataError(f"the tokenizer splits the answers into several tokens ({c['yes']!r} -> {y_ids}, "
@@ -48,15 +39,12 @@ def p_yes(model, tokenizer, prompts: list[str], cfg: Any = None) -> tuple[np.nda
     cut = c["cutoff_len"]
     model.eval()
 
-    def enc(p: str) -> list[int]:
-        ids = tokenizer(p).input_ids
-        return truncate(list(ids), cut - (0 if method == "logits" else max(len(y_ids), len(n_ids))), "left") \
-            if cut else list(ids)
+    keep = (cut - (0 if method == "logits" else max(len(y_ids), len(n_ids)))) if cut else None
 
     def score(idx: list[int]) -> list[float]:
         out: list[float] = []
         for s in tqdm(range(0, len(idx), bs), desc="ctr eval", disable=not c["progress"], leave=False):
-            ps = [enc(prompts[i]) for i in idx[s:s + bs]]
+            ps = [truncate(p, keep, "left") for p in token_ids(tokenizer, [prompts[i] for i in idx[s:s + bs]])[0]]
             if method == "logits":
                 ids, mask = pad_batch(ps, tokenizer.pad_token_id, "left")
                 logits = lm_forward(model, ids.to(dev), mask.to(dev)).logits[:, -1].float()
@@ -84,7 +72,7 @@ def _answer_logprob(model, tokenizer, prompts: list[list[int]], answer: list[int
 
 def evaluate_ctr(model, tokenizer, test_df, cfg: Any = None) -> dict[str, Any]:
     """AUC and log-loss of P(Yes) on the CTR test samples (labels from `label`); P(Yes) per sample included."""
-    c = {**CTR_EVAL_DEFAULTS, **to_dict(cfg)}
+    c = eval_config(cfg)
     set_threads(c["num_threads"])
     check_samples(test_df, "ctr", "CTR test samples", require=("label",))
     prompts = sample_prompts(test_df)  # the frame's prompt template, as in training and the signals

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -73,3 +74,66 @@ def auc_logloss(labels: Sequence[int], p_yes: Sequence[float], eps: float = 1e-7
     else:
         auc = float(roc_auc_score(y, p))
     return {"auc": auc, "logloss": float(log_loss(y, p, labels=[0, 1]))}
+
+
+# --------------------------------------------------------------------------------------- metrics chosen by config
+@dataclass(frozen=True)
+class Metric:
+    """A reported metric: its key in metrics.json (lower case), its table label and its direction."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+
+
+# every metric family the evaluators produce: (higher is better, ranked at a cut-off)
+METRICS: dict[str, tuple[bool, bool]] = {"hr": (True, True), "ndcg": (True, True), "auc": (True, False),
+                                          "logloss": (False, False), "accuracy": (True, False)}
+TASK_FAMILIES = {"seqrec": ("hr", "ndcg"), "ctr": ("auc", "logloss", "accuracy")}
+
+
+def _family(name: str) -> str:
+    return name.split("@", 1)[0].lower()
+
+
+def metric(name: str) -> Metric:
+    """The Metric of a recorded key such as "hr@10", "ndcg@20", "auc" or "logloss"."""
+    fam = _family(name)
+    if fam not in METRICS:
+        raise MetricError(f"unknown metric {name!r}; known: {sorted(METRICS)}")
+    higher, ranked = METRICS[fam]
+    if ranked and "@" not in name:
+        raise MetricError(f"{name!r} needs a cut-off, e.g. {fam}@10")
+    return Metric(name.lower(), name.upper(), higher)
+
+
+def task_metrics(task: str, eval_cfg) -> list[Metric]:
+    """The metrics reported for a task, in table order, from eval.metrics[task] and eval.ks (a ranking family
+    is expanded at every cut-off)."""
+    cfg = dict(eval_cfg or {})
+    fams = (cfg.get("metrics") or {}).get(task) or list(TASK_FAMILIES[task][:2])
+    ks = [int(k) for k in (cfg.get("ks") or (5, 10))]
+    out = []
+    for fam in fams:
+        fam = str(fam).lower()
+        if fam not in METRICS or fam not in TASK_FAMILIES[task]:
+            raise MetricError(f"eval.metrics.{task}: {fam!r} is not a {task} metric; known: "
+                              f"{list(TASK_FAMILIES[task])}")
+        out += [metric(f"{fam}@{k}") for k in ks] if METRICS[fam][1] else [metric(fam)]
+    return out
+
+
+def main_metric(task: str, eval_cfg) -> Metric:
+    """The metric the sweeps' figures show: eval.main_metric[task] (a ranking family at the largest cut-off),
+    else the first reported metric."""
+    cfg = dict(eval_cfg or {})
+    fam = (cfg.get("main_metric") or {}).get(task)
+    listed = task_metrics(task, cfg)
+    if fam is None:
+        return listed[0]
+    fam = str(fam).lower()
+    if "@" in fam:
+        return metric(fam)
+    if METRICS.get(fam, (True, False))[1]:
+        return metric(f"{fam}@{max(int(k) for k in (cfg.get('ks') or (5, 10)))}")
+    return metric(fam)

@@ -5,7 +5,6 @@ negatives (protocol "sampled") or over the whole catalogue (protocol "full")."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import warnings
@@ -15,19 +14,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from goracs.evaluate.common import (DataError, check_samples, lm_forward, model_device, pad_batch, set_threads,
-                                    sharded_map, to_dict, truncate)
+from goracs.errors import DataError
+from goracs.evaluate.config import eval_config
 from goracs.evaluate.metrics import hr_ndcg, rank_of_target
 from goracs.io import config_hash, save_npy
+from goracs.models import model_fingerprint
 from goracs.prompts import sample_prompts
+from goracs.runtime import model_device, set_threads, sharded_map
+from goracs.tasks import check_samples
+from goracs.text import lm_forward, pad_batch, token_ids, truncate
 
 log = logging.getLogger(__name__)
 
-SEQREC_EVAL_DEFAULTS: dict[str, Any] = {
-    "protocol": "sampled", "num_beams": 2, "max_new_tokens": 32, "batch_size": 8, "embed_batch_size": 32,
-    "cutoff_len": 512, "title_max_tokens": 64, "ks": [5, 10], "num_negatives": 99, "max_samples": None,
-    "seed": 0, "num_threads": None, "progress": True,
-}
 PROTOCOLS = ("sampled", "full")
 
 
@@ -47,7 +45,7 @@ def generate_titles(model, tokenizer, prompts: list[str], cfg: Any = None) -> li
     """Batched beam-search generation (first beam kept, bounded new tokens); raw decoded continuations."""
     from tqdm.auto import tqdm
 
-    c = {**SEQREC_EVAL_DEFAULTS, **to_dict(cfg)}
+    c = eval_config(cfg)
     dev = model_device(model)
     bs = int(c["batch_size"])
     model.eval()
@@ -55,7 +53,8 @@ def generate_titles(model, tokenizer, prompts: list[str], cfg: Any = None) -> li
     def run(idx: list[int]) -> list[str]:
         out: list[str] = []
         for s in tqdm(range(0, len(idx), bs), desc="generate", disable=not c["progress"], leave=False):
-            ps = [truncate(list(tokenizer(prompts[i]).input_ids), c["cutoff_len"], "left") for i in idx[s:s + bs]]
+            ps = [truncate(p, c["cutoff_len"], "left")
+                  for p in token_ids(tokenizer, [prompts[i] for i in idx[s:s + bs]])[0]]
             ids, mask = pad_batch(ps, tokenizer.pad_token_id, "left")
             gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
                                  num_beams=int(c["num_beams"]), num_return_sequences=1, do_sample=False,
@@ -93,24 +92,11 @@ def base_model_context(model, base_model=None):
                     "to disable them: pass the PeftModel as `model`, or a separate copy of the base model")
 
 
-def model_fingerprint(model) -> str:
-    """A cheap identity of a model's base weights (name, shapes and a sample of values; LoRA excluded)."""
-    h = hashlib.sha256()
-    h.update(str(getattr(getattr(model, "config", None), "_name_or_path", "")).encode())
-    params = [(n, p) for n, p in model.named_parameters() if "lora_" not in n]
-    h.update(str(len(params)).encode())
-    for n, p in params[:2] + params[-2:]:
-        v = p.detach().reshape(-1)[:4096].float().cpu().numpy()
-        h.update(n.split("base_model.model.")[-1].encode())
-        h.update(str(tuple(p.shape)).encode())
-        h.update(v.tobytes())
-    return h.hexdigest()[:16]
-
-
 @torch.no_grad()
-def embed_texts(model, tokenizer, texts: list[str], batch_size: int = 32, max_tokens: int = 64,
-                progress: bool = False) -> np.ndarray:
-    """Last-layer hidden state of each text's last token (left padding), as float32 (n, hidden)."""
+def last_token_embeddings(model, tokenizer, texts: list[str], batch_size: int = 32, max_tokens: int = 64,
+                          progress: bool = False) -> np.ndarray:
+    """Last-layer hidden state of each text's last token (left padding), as float32 (n, hidden): the LLM
+    embedding that grounds generated titles (the sentence-encoder embeddings are goracs.signals.embed's)."""
     from tqdm.auto import tqdm
 
     dev = model_device(model)
@@ -118,8 +104,9 @@ def embed_texts(model, tokenizer, texts: list[str], batch_size: int = 32, max_to
     out = []
     for s in tqdm(range(0, len(texts), batch_size), desc="embed", disable=not progress, leave=False):
         seqs = []
-        for t in texts[s:s + batch_size]:
-            ids = list(tokenizer(t).input_ids)[:max_tokens]
+        batch = texts[s:s + batch_size]
+        for t, ids in zip(batch, token_ids(tokenizer, batch)[0]):
+            ids = truncate(ids, max_tokens, "right")
             if not ids:
                 raise DataError(f"text {t!r} encodes to no token: cannot embed it")
             seqs.append(ids)
@@ -156,7 +143,7 @@ def catalogue_embeddings(model, tokenizer, catalogue, cache_dir=None, batch_size
     titles = catalogue["title"].tolist()
     path = None
     if cache_dir is not None:
-        key = config_hash({"model": model_fingerprint(model), "tokenizer": type(tokenizer).__name__,
+        key = config_hash({"model": model_fingerprint(model, lora=False), "tokenizer": type(tokenizer).__name__,
                            "vocab": len(tokenizer), "titles": titles, "max_tokens": max_tokens,
                            "pooling": "last_layer_last_token"})
         path = Path(cache_dir) / f"catalogue_emb_{key}.npy"
@@ -166,7 +153,7 @@ def catalogue_embeddings(model, tokenizer, catalogue, cache_dir=None, batch_size
                 log.info("catalogue embeddings from cache %s", path)
                 return emb
             log.warning("cache %s has %d rows for %d titles: recomputing", path, emb.shape[0], len(titles))
-    emb = embed_texts(model, tokenizer, titles, batch_size, max_tokens, progress)
+    emb = last_token_embeddings(model, tokenizer, titles, batch_size, max_tokens, progress)
     if path is not None:
         save_npy(path, emb)
     return emb
@@ -250,7 +237,7 @@ def evaluate_seqrec(model, base_model, tokenizer, test_df, catalogue, cfg: Any =
 
     `base_model` may be None (the PeftModel's adapters are then disabled for grounding). cfg keys:
     protocol (sampled | full), num_beams, max_new_tokens, batch_size, ks, max_samples, num_negatives."""
-    c = {**SEQREC_EVAL_DEFAULTS, **to_dict(cfg)}
+    c = eval_config(cfg)
     set_threads(c["num_threads"])
     check_catalogue(catalogue)
     if c["protocol"] not in PROTOCOLS:
@@ -265,7 +252,8 @@ def evaluate_seqrec(model, base_model, tokenizer, test_df, catalogue, cfg: Any =
                                        int(c["title_max_tokens"]), bool(c["progress"]))
 
         def embed_fn(texts):
-            return embed_texts(base, tokenizer, texts, int(c["embed_batch_size"]), int(c["title_max_tokens"]))
+            return last_token_embeddings(base, tokenizer, texts, int(c["embed_batch_size"]),
+                                         int(c["title_max_tokens"]))
 
         res = rank_generations(gens, test_df, catalogue, cat_emb, embed_fn, c["protocol"], tuple(c["ks"]))
     res["per_sample"]["raw_generation"] = gens

@@ -12,12 +12,12 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from goracs.evaluate.metrics import metric, task_metrics
 from goracs.io import atomic_path, write_text
+from goracs.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-METRICS = {"seqrec": ["hr@5", "hr@10", "ndcg@5", "ndcg@10"], "ctr": ["auc", "logloss"]}
-LOWER_IS_BETTER = {"logloss"}
 GROUP = ["dataset", "task", "selector", "budget", "lam"]
 
 
@@ -32,13 +32,27 @@ def collect(roots: Iterable[str | os.PathLike]) -> pd.DataFrame:
                 raise ValueError(f"{path}: not valid JSON ({e})") from e
             if not {"dataset", "task", "selector"} <= set(m):
                 continue  # a stage artifact, not a run summary
-            rows.append({**{k: v for k, v in m.items() if not isinstance(v, (list, dict))}, "run_dir": str(path.parent)})
+            # the metrics this run's own eval config asked for (eval.metrics, eval.ks), in table order
+            names = [x.name for x in task_metrics(m["task"], (m.get("config") or {}).get("eval"))]
+            rows.append({**{k: v for k, v in m.items() if not isinstance(v, (list, dict))},
+                         "run_dir": str(path.parent), "_metrics": ",".join(names)})
     return pd.DataFrame(rows)
+
+
+def table_metrics(runs: pd.DataFrame, task: str) -> list[str]:
+    """The metric columns of a task's table: those the runs' eval configs list, in their order, that were
+    recorded."""
+    if runs.empty or "_metrics" not in runs:
+        return [x.name for x in task_metrics(task, None)]
+    names: list[str] = []
+    for spec in runs.loc[runs["task"] == task, "_metrics"].dropna():
+        names += [n for n in str(spec).split(",") if n and n not in names]
+    return [n for n in names if n in runs]
 
 
 def summarise(runs: pd.DataFrame, task: str) -> pd.DataFrame:
     """Mean and std over seeds of the task's metrics, one row per dataset x selector x budget x lambda."""
-    metrics = METRICS[task]
+    metrics = table_metrics(runs, task)
     df = runs[runs["task"] == task].copy()
     if df.empty:
         return pd.DataFrame()
@@ -60,13 +74,13 @@ def to_markdown(summary: pd.DataFrame, task: str) -> str:
     """A markdown table with mean +- std; the best mean per dataset and metric is in bold."""
     if summary.empty:
         return f"No {task} runs found.\n"
-    metrics = [m for m in METRICS[task] if f"{m}_mean" in summary]
+    metrics = [c[:-5] for c in summary.columns if c.endswith("_mean")]
     best = {}
     for ds, part in summary.groupby("dataset"):
         for m in metrics:
             col = part[f"{m}_mean"]
-            best[(ds, m)] = col.min() if m in LOWER_IS_BETTER else col.max()
-    head = ["dataset", "selector", "budget", "lambda"] + [m.upper() for m in metrics] + ["seeds"]
+            best[(ds, m)] = col.max() if metric(m).higher_is_better else col.min()
+    head = ["dataset", "selector", "budget", "lambda"] + [metric(m).label for m in metrics] + ["seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary.sort_values(["dataset", "budget", "selector"]).to_dict("records"):
         cells = [str(r["dataset"]), str(r["selector"]), str(int(r["budget"])), str(r["lam"])]
@@ -76,7 +90,7 @@ def to_markdown(summary: pd.DataFrame, task: str) -> str:
             cells.append(f"**{text}**" if np.isclose(mean, best[(r['dataset'], m)]) else text)
         cells.append(str(r["seeds"]))
         lines.append("| " + " | ".join(cells) + " |")
-    lower = [m for m in metrics if m in LOWER_IS_BETTER]
+    lower = [m for m in metrics if not metric(m).higher_is_better]
     note = f" (lower is better for {', '.join(lower)})" if lower else ""
     return "\n".join(lines) + f"\n\nMean ± std over seeds; best mean per dataset in bold{note}.\n"
 
@@ -108,7 +122,7 @@ def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike)
     runs = collect(roots)
     out_dir = Path(out_dir)
     out = {}
-    for task in METRICS:
+    for task in TASKS:
         s = summarise(runs, task) if not runs.empty else pd.DataFrame()
         part = runs[runs["task"] == task] if not runs.empty else runs
         if part.empty and (out_dir / f"table_{task}.md").exists():

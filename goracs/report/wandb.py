@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from goracs.evaluate.common import to_dict
+from goracs.config import to_dict
 
 log = logging.getLogger(__name__)
 

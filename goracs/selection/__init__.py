@@ -1,5 +1,7 @@
-"""Coreset selection: the Selector interface, the GORACS engine (cost, POO, ITRA, label-enhanced ITRA)."""
+"""Coreset selection: the Selector interface, selectors built from their configs, and the GORACS engine (cost,
+exact OT, ITRA: greedy, MI estimate, refinement; label-enhanced ITRA; the authors' reference mode)."""
 
-from goracs.selection.base import REGISTRY, Selection, SelectionError, Selector, Signals, make_selector, register
+from goracs.selection.base import Selection, SelectionError, Selector, Signals
+from goracs.selection.build import build_selector, make_selector
 
-__all__ = ["REGISTRY", "Selection", "SelectionError", "Selector", "Signals", "make_selector", "register"]
+__all__ = ["Selection", "SelectionError", "Selector", "Signals", "build_selector", "make_selector"]

@@ -1,10 +1,10 @@
-"""The selector interface shared by GORACS and every baseline, and the registry that Hydra configs name."""
+"""The selector interface shared by GORACS and every baseline (built from their configs by goracs.selection.build)."""
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -94,27 +94,3 @@ class Selector:
 
     def _select(self, signals: Signals, budget: int, seed: int) -> Selection:  # pragma: no cover
         raise NotImplementedError
-
-
-REGISTRY: dict[str, Callable[..., Selector]] = {}
-
-
-def register(name: str):
-    """Class decorator: make a selector constructible by name from a config."""
-
-    def deco(cls):
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def make_selector(name: str, **params: Any) -> Selector:
-    """Build a registered selector from its config parameters."""
-    import baselines  # noqa: F401  (registers the baselines)
-    import goracs.selection.itra  # noqa: F401  (registers goracs)
-
-    if name not in REGISTRY:
-        raise SelectionError(f"unknown selector '{name}'; known: {sorted(REGISTRY)}")
-    return REGISTRY[name](**params)

@@ -7,17 +7,8 @@ import warnings
 import numpy as np
 import torch
 
+from goracs.runtime import resolve_device
 from goracs.selection.base import SelectionError
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Map 'auto' / 'cpu' / 'cuda' to a torch device; 'auto' picks cuda only when it is available."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SelectionError("device 'cuda' was requested but torch sees no CUDA device; use device=auto or cpu")
-    return dev
 
 
 def check_inputs(train_emb, val_emb, grad_norms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

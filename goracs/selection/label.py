@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 
 from goracs.selection.base import SelectionError
+from goracs.selection.cost import compute_cost
+from goracs.selection.refine import itra
 
 
 def class_budgets(val_labels, n: int, train_labels=None) -> dict[int, int]:
@@ -80,9 +82,6 @@ def label_enhanced_itra(train_emb, val_emb, grad_norms, labels, val_labels, n: i
     distance, gradient norms by the block's maximum), then min-max inside the block."""
     if label_cost not in LABEL_COSTS:
         raise SelectionError(f"label_cost must be one of {LABEL_COSTS}, got {label_cost!r}")
-    from goracs.selection.cost import compute_cost
-    from goracs.selection.itra import itra
-
     yt = np.asarray(labels).reshape(-1)
     yv = np.asarray(val_labels).reshape(-1)
     X = np.asarray(train_emb)

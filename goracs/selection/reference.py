@@ -25,7 +25,7 @@ that can change a decision:
   or a round without an improving pair. pass@1 = rounds whose first pair was accepted / accepted exchanges.
 
 Speed without changing a decision: a pair is rejected without a cold solve when the exact incremental re-solve
-(ot.ExchangeSolver) or the weak-duality bound puts its POO at least DECIDE_TOL above the current one (both agree
+(exchange.ExchangeSolver) or the weak-duality bound puts its POO at least DECIDE_TOL above the current one (both agree
 with a converged cold solve to ~1e-15); every other pair, and every accepted one, gets the cold solve, whose
 value alone decides, as in their code. If a cold solve stops at the iteration cap (its value is then not the
 optimum, and can even be below it), every later pair is decided by a cold solve; `cold_pairs=True` does that
@@ -43,7 +43,9 @@ import numpy as np
 import ot as pot
 
 from goracs.selection.base import SelectionError
-from goracs.selection.ot import ExchangeSolver, ceil_div
+from goracs.selection.exchange import ExchangeSolver
+from goracs.selection.mi import _pair_bounds
+from goracs.selection.ot import ceil_div
 
 COLD_MAX_ITER = 300_000  # the authors' cap on network-simplex iterations per cold solve
 DECIDE_TOL = 1e-9  # incremental / bound values this far above the current POO reject a pair without a solve
@@ -197,7 +199,6 @@ def refine_reference(C: np.ndarray, rows, *, max_iters: int = 100, cut_num: int 
     """The authors' refinement, decision for decision. `rows` is the ordered selection (the greedy's pick order
     for a parity run: the order changes the cold solves' duals, hence the ranking). Returns (sorted rows, report);
     report["final_order"] is the list in the authors' order, report["accepted_pairs"] the (out, in) pairs."""
-    from goracs.selection.itra import _pair_bounds  # (itra imports this module)
 
     t0 = time.perf_counter()
     c0 = time.process_time()

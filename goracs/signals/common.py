@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from goracs.evaluate.common import model_device  # noqa: F401  (re-exported for the signal modules)
+from goracs.errors import DataError
 from goracs.prompts import render_prompt, sample_prompts
+from goracs.tasks import TASKS
+from goracs.text import answer_token_ids, token_ids
 
 log = logging.getLogger(__name__)
 
-TASKS = ("seqrec", "ctr")
 ANSWER_WORDS = ("Yes", "No")
 
 
@@ -39,19 +40,19 @@ def check_frame(df, task: str, need_output: bool = True, need_label: bool = Fals
             raise SignalError(f"CTR labels must be 0 or 1; sample {bad[0]} has label {lab[bad[0]]}")
 
 
-def answer_token_ids(tokenizer, prompt: str, words: tuple[str, str] = ANSWER_WORDS) -> tuple[int, int]:
-    """Token ids of "Yes" and "No" as they follow `prompt` (the answer in context, as training and evaluation see
-    it: a SentencePiece tokenizer such as LLaMA's gives "Yes" after "### Response:\n" another id than "Yes" on its
-    own); fails, naming the words, when either is not a single token there or both are the same token."""
-    from goracs.evaluate.common import answer_ids_in_context
-
-    ids = answer_ids_in_context(tokenizer, prompt, words)
+def yes_no_ids(tokenizer, prompt: str, words: tuple[str, str] = ANSWER_WORDS) -> tuple[int, int]:
+    """The single token ids of "Yes" and "No" as they follow `prompt` (goracs.text.answer_token_ids, the ids that
+    training and evaluation use; a SentencePiece tokenizer such as LLaMA's gives "Yes" after "### Response:\n"
+    another id than "Yes" on its own); fails, naming the words, when either is not a single token there or both
+    are the same token."""
+    try:
+        ids = answer_token_ids(tokenizer, prompt, words)
+    except DataError as e:
+        raise SignalError(str(e)) from e
     for w, t in zip(words, ids):
         if len(t) != 1:
             raise SignalError(f"the tokenizer splits the answer {w!r} into {len(t)} tokens {t} after the prompt; "
                               f"the CTR loss needs single-token answers {list(words)}")
-    if ids[0] == ids[1]:
-        raise SignalError(f"the answers {list(words)} encode to the same token {ids[0]} after the prompt")
     return int(ids[0][0]), int(ids[1][0])
 
 
@@ -59,7 +60,7 @@ def ctr_answer_ids(tokenizer, df, words: tuple[str, str] = ANSWER_WORDS) -> tupl
     """The in-context "Yes"/"No" ids for a CTR split (every prompt ends with the same response header, so the
     first sample's prompt decides)."""
     row = df.iloc[0]
-    return answer_token_ids(tokenizer, render_prompt(str(row["instruction"]), str(row["input"]), df), words)
+    return yes_no_ids(tokenizer, render_prompt(str(row["instruction"]), str(row["input"]), df), words)
 
 
 @dataclass
@@ -91,11 +92,12 @@ def encode(tokenizer, df, task: str, max_len: int) -> Encoded:
     eos = tokenizer.eos_token_id
     if task == "seqrec" and eos is None:
         raise SignalError("the tokenizer has no eos token; the SeqRec training text ends with one")
-    prompts = sample_prompts(df)
-    p_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    # the one tokenisation of training and evaluation; the SeqRec response encoded on its own (answer_in_context
+    # False, as these signals and their caches always had it: the same ids for SmolLM2's byte-level BPE)
+    outputs = df["output"].tolist() if task == "seqrec" else None
+    p_ids, r_ids = token_ids(tokenizer, sample_prompts(df), outputs, answer_in_context=False)
     ids, n_prompt, first_cut, n_cut = [], [], None, 0
     if task == "seqrec":
-        r_ids = tokenizer([str(o) for o in df["output"]], add_special_tokens=False)["input_ids"]
         for k, (p, r) in enumerate(zip(p_ids, r_ids)):
             full = list(p) + list(r) + [eos]
             if len(full) > max_len:
@@ -119,17 +121,6 @@ def encode(tokenizer, df, task: str, max_len: int) -> Encoded:
         log.warning("%d of %d %s samples are longer than max_len=%d tokens and were truncated (first: sample %d)",
                     n_cut, len(ids), task, max_len, first_cut)
     return Encoded(ids, n_prompt, labels, n_cut)
-
-
-def pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask): real tokens keep positions 0..L-1, as if alone."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-        mask[b, :len(r)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def backbone(model):

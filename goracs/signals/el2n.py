@@ -19,8 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from goracs.signals import packed as P
+from goracs.runtime import model_device
 from goracs.signals.common import (Encoded, SignalError, backbone, ctr_answer_ids, common_prefix_len, encode,
-                                   length_batches, model_device, pad_id_of, pad_right, yes_no_logits)
+                                   length_batches, pad_id_of, yes_no_logits)
+from goracs.text import pad_right
 
 
 def _scores(task: str, logits: torch.Tensor, targets: torch.Tensor, seg: torch.Tensor | None,

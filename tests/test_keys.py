@@ -1,0 +1,106 @@
+"""Derived stage keys (issue 15): a setting that changes an upstream artifact changes every downstream key, no
+`signals` setting is left unassigned, a skipped finished job keeps its run_info.json, artifacts record their
+commit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+import goracs.selection.base
+from goracs.keys import EXECUTION_ONLY, SIGNAL_SETTINGS, derive, unclaimed_signal_settings
+from goracs.pipeline import pool, run_prepare, run_select, select_key, signal_key
+from tests.test_pipeline import config
+
+
+def test_every_signals_setting_belongs_to_a_signal_or_changes_only_speed(tmp_path):
+    cfg = config(tmp_path)
+    assert unclaimed_signal_settings(OmegaConf.to_container(cfg.signals, resolve=True)) == []
+    assert unclaimed_signal_settings({**cfg.signals, "new_setting": 1}) == ["new_setting"]
+    assert not (set().union(*SIGNAL_SETTINGS.values()) & EXECUTION_ONLY)
+
+
+def test_derive_names_its_upstream_and_version():
+    a = derive("pool", [], {"x": 1})
+    b = derive("embeddings", [a], {"encoder": "minilm"})
+    assert b.spec["upstream"] == {"pool": a.digest} and b.spec["version"] >= 1
+    assert derive("embeddings", [derive("pool", [], {"x": 2})], {"encoder": "minilm"}).digest != b.digest
+    with pytest.raises(KeyError, match="unknown stage"):
+        derive("nope", [], {})
+
+
+def _keys(tmp_path, *over, selector="goracs", task="ctr"):
+    cfg = config(tmp_path, f"task={task}", f"selector={selector}", *over)
+    p = pool(cfg, run_prepare(cfg))
+    needs = {"goracs": ("embeddings", "val_embeddings", "grad_norms"), "grand": ("grad_norms",),
+             "el2n": ("el2n",), "random": ()}[selector]
+    return {"select": select_key(cfg, p, needs).digest,
+            **{k: signal_key(cfg, p, k).digest for k in ("embeddings", "grad_norms", "el2n")}}
+
+
+def test_upstream_settings_change_the_coreset_key(tmp_path):
+    base = _keys(tmp_path)
+    # an embedding setting: the embeddings and the coreset change, the gradient norms do not
+    emb = _keys(tmp_path, "signals.normalize_embeddings=false")
+    assert emb["embeddings"] != base["embeddings"] and emb["select"] != base["select"]
+    assert emb["grad_norms"] == base["grad_norms"]
+    # the LoRA of the gradient model: the norms and every coreset built on them
+    lora = _keys(tmp_path, "model.lora.r=4")
+    assert lora["grad_norms"] != base["grad_norms"] and lora["select"] != base["select"]
+    assert lora["embeddings"] == base["embeddings"]
+    g0, g1 = _keys(tmp_path, selector="grand"), _keys(tmp_path, "model.lora.alpha=32", selector="grand")
+    assert g0["select"] != g1["select"]
+    # the EL2N warm-up: its seed, and the training settings once a warm-up runs
+    e0 = _keys(tmp_path, selector="el2n")
+    assert _keys(tmp_path, "signals.el2n_warmup_epochs=1", selector="el2n")["select"] != e0["select"]
+    w0 = _keys(tmp_path, "signals.el2n_warmup_epochs=1", selector="el2n")
+    assert _keys(tmp_path, "signals.el2n_warmup_epochs=1", "signals.el2n_warmup_seed=3",
+                 selector="el2n")["select"] != w0["select"]
+    assert _keys(tmp_path, "signals.el2n_warmup_epochs=1", "train.lr=0.1", selector="el2n")["select"] != w0["select"]
+    assert _keys(tmp_path, "train.lr=0.1", selector="el2n")["select"] == e0["select"]  # no warm-up: no training
+    # settings that change only speed leave every key alone; a random coreset reads no signal
+    assert _keys(tmp_path, "signals.grad_batch_size=2", "signals.embed_batch_size=7") == base
+    r0 = _keys(tmp_path, selector="random")
+    assert _keys(tmp_path, "signals.normalize_embeddings=false", "model.lora.r=4", selector="random")["select"] == \
+        r0["select"]
+    # the prompt template is inside the prepared samples: it changes the pool and so every key
+    assert _keys(tmp_path, "prompt=paper")["select"] != base["select"]
+
+
+@pytest.mark.slow
+def test_a_changed_embedding_setting_recomputes_the_coreset(tmp_path, monkeypatch):
+    calls = []
+    real = goracs.selection.base.Selector.select
+
+    def spy(self, *a, **k):
+        calls.append(type(self).__name__)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(goracs.selection.base.Selector, "select", spy)
+    cfg = config(tmp_path, "task=ctr", "selector=goracs")
+    p = pool(cfg, run_prepare(cfg))
+    first = run_select(cfg, p)
+    assert run_select(cfg, p)["path"] == first["path"] and len(calls) == 1  # cached
+    cfg2 = config(tmp_path, "task=ctr", "selector=goracs", "signals.normalize_embeddings=false")
+    second = run_select(cfg2, pool(cfg2, run_prepare(cfg2)))
+    assert len(calls) == 2 and second["path"] != first["path"]
+    made = json.loads((first["path"] / "made_by.json").read_text())  # every artifact records its commit
+    assert "commit" in made and "dirty" in made
+
+
+@pytest.mark.slow
+def test_a_skipped_finished_job_keeps_its_run_info(tmp_path):
+    from goracs.__main__ import run
+
+    cfg = config(tmp_path, "task=ctr", "selector=random", "proxy_check=false")
+    out = tmp_path / "job"
+    run(cfg, out)
+    info = out / "run_info.json"
+    first = info.read_text()
+    info.write_text(first.replace('"seed": 0', '"seed": 0, "marker": "the run that made the metrics"'))
+    kept = info.read_text()
+    again = run(cfg, out)
+    assert again == json.loads((out / "metrics.json").read_text())
+    assert info.read_text() == kept  # not rewritten by the skipped job
