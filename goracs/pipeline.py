@@ -71,6 +71,24 @@ def compute_embeddings(cfg: DictConfig, p: dict[str, Any]) -> tuple[np.ndarray, 
     return (embed_samples(p["train"], task, **kw)[0], embed_samples(p["valid"], task, **kw)[0])
 
 
+def train_settings(cfg: DictConfig, for_key: bool = False) -> dict[str, Any]:
+    """The `train` group as the stages use it, with the run's single LoRA, device and thread settings: the LoRA
+    is model.lora (the same node the gradient norms and EL2N use; train.lora is for scripts/finetune.py alone), the
+    device is the top-level `device` and the threads the top-level `threads`. For a key, the thread count (speed
+    only) and `resume` are left out."""
+    t = {**as_dict(cfg.train), "lora": as_dict(cfg.model.lora), "device": device_of(cfg),
+         "num_threads": cfg.get("threads")}
+    if for_key:
+        t = {k: v for k, v in t.items() if k not in ("num_threads", "resume")}
+    return t
+
+
+def eval_settings(cfg: DictConfig, for_key: bool = False) -> dict[str, Any]:
+    """The `eval` group with the run's thread setting (left out of a key: speed only)."""
+    e = {**as_dict(cfg.eval), "num_threads": cfg.get("threads")}
+    return {k: v for k, v in e.items() if k != "num_threads"} if for_key else e
+
+
 def signal_key(cfg: DictConfig, p: dict[str, Any], kind: str):
     """The derived key of one signal of the pool: the pool's key, the signal's `signals` settings (keys.py),
     and for the LM signals the model (with LoRA settings and the initial adapter's content) and, for EL2N after
@@ -81,7 +99,7 @@ def signal_key(cfg: DictConfig, p: dict[str, Any], kind: str):
     if kind in ("grad_norms", "el2n"):
         settings["model"] = model_key(cfg)
     if kind == "el2n" and int(cfg.signals.el2n_warmup_epochs) > 0:
-        settings["train"] = as_dict(cfg.train)
+        settings["train"] = train_settings(cfg, for_key=True)
     return derive(kind, [p["key"]], settings)
 
 
@@ -130,7 +148,7 @@ def _build_el2n(cfg: DictConfig, p: dict[str, Any], key: dict, cache: StageCache
         rng = np.random.default_rng(int(s.el2n_warmup_seed))
         n = min(int(s.el2n_warmup_samples), len(p["train"]))
         sub = p["train"].iloc[np.sort(rng.choice(len(p["train"]), size=n, replace=False))]
-        tcfg = {**as_dict(cfg.train), "epochs": warm}
+        tcfg = {**train_settings(cfg), "epochs": warm}
         model, _ = train_lora(model, tok, sub, p["valid"], cfg.task.name, tcfg,
                               cache.path("el2n", key).with_name(cache.path("el2n", key).name + ".warmup"),
                               init_adapter=init_adapter(cfg))
@@ -208,9 +226,10 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
     from goracs.train import train_lora
 
     # the run's seed seeds fine-tuning too, so seeds vary the whole pipeline, not only the selection
-    tcfg = {**as_dict(cfg.train), "seed": int(cfg.seed)}
+    tcfg = {**train_settings(cfg), "seed": int(cfg.seed)}
     tkey = derive("train", [sel["stage_key"], p["key"]], {"task": cfg.task.name, "model": model_key(cfg),
-                                                          "train": tcfg})
+                                                          "train": {**train_settings(cfg, for_key=True),
+                                                                    "seed": int(cfg.seed)}})
     key = tkey.spec
     cache = stage_cache(cfg)
     out = cache.path("train", key)
@@ -241,7 +260,8 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any],
     if sel is not None:  # the proxy check reads the coreset's POO from the embeddings and the gradient norms
         upstream += [signal_key(cfg, p, "embeddings"), signal_key(cfg, p, "grad_norms")]
         proxy = {"lam": float(cfg.task.get("lam", 0.0)), "indices": sel["path"].name}
-    key = derive("evaluate", upstream, {"task": cfg.task.name, "eval": as_dict(cfg.eval), "proxy": proxy}).spec
+    key = derive("evaluate", upstream, {"task": cfg.task.name, "eval": eval_settings(cfg, for_key=True),
+                                        "proxy": proxy}).spec
     cache = stage_cache(cfg)
     with cache.lock("evaluate", key):
         if not cache.done("evaluate", key):
@@ -257,12 +277,12 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any],
             if cfg.task.name == "ctr":
                 from goracs.evaluate.ctr import evaluate_ctr
 
-                metrics = evaluate_ctr(model, tok, p["test"], as_dict(cfg.eval))
+                metrics = evaluate_ctr(model, tok, p["test"], eval_settings(cfg))
             else:
                 from goracs.evaluate.seqrec import evaluate_seqrec
 
                 base, _ = base_model(cfg)
-                metrics = evaluate_seqrec(model, base, tok, p["test"], p["catalogue"], as_dict(cfg.eval),
+                metrics = evaluate_seqrec(model, base, tok, p["test"], p["catalogue"], eval_settings(cfg),
                                           cache_dir=Path(cfg.paths.cache_dir) / "catalogue")
             if sel is not None:
                 metrics.update(proxy_values(cfg, p, sel, trained))
@@ -311,7 +331,7 @@ def proxy_values(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], traine
     value = poo(C[sel["indices"]])[0]
     from goracs.train import train_config
 
-    tc = train_config(as_dict(cfg.train), cfg.task.name)
+    tc = train_config(train_settings(cfg), cfg.task.name)
     losses = sequence_loss(trained["model"], trained["tokenizer"], p["test"], cfg.task.name,
                            cutoff_len=int(tc["cutoff_len"]), batch_size=int(tc["eval_batch_size"]),
                            truncation=tc["truncation"], add_eos=bool(tc["add_eos"]), ctr_loss=tc["ctr_loss"])

@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotlist overrides of the train config, e.g. lr=1e-3")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = OmegaConf.merge(load_config_file(a.config), OmegaConf.from_dotlist(a.overrides))
+    # the LoRA is the model's (configs/model/<name>.yaml lora: the one LoRA node); `lora.r=...` overrides it
+    model_file = ROOT / "configs/model" / f"{a.model}.yaml"
+    lora = OmegaConf.load(model_file).get("lora") if model_file.exists() else None
+    cfg = OmegaConf.merge({"lora": lora} if lora is not None else {}, load_config_file(a.config),
+                          OmegaConf.from_dotlist(a.overrides))
     c = train_config(cfg, a.task)
     set_threads(c["num_threads"])
     from accelerate import PartialState

@@ -64,11 +64,13 @@ def test_sequence_scoring_agrees_for_single_tokens_and_handles_multi_token_answe
 def test_evaluate_ctr_end_to_end_after_finetuning(tmp_path):
     from sklearn.metrics import log_loss, roc_auc_score
 
-    from goracs.train import load_config_file, train_lora
+    from goracs.train import train_lora
 
     model, tok = tiny_llama(seed=4)
     df = ctr_df(8)
-    cfg = load_config_file("configs/train/tiny.yaml")
+    from tests.test_train import tiny_train_config
+
+    cfg = tiny_train_config()
     before = evaluate_ctr(model, tok, df, {"progress": False})
     model, _ = train_lora(model, tok, df, df, "ctr", cfg, tmp_path)
     r = evaluate_ctr(model, tok, df, {"batch_size": 3, "progress": False})

@@ -59,10 +59,9 @@ def hand_two_way(model, tok, df) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny_cfg():
-    from tests.test_train import ROOT
-    from goracs.train import load_config_file
+    from tests.test_train import tiny_train_config
 
-    return load_config_file(ROOT / "configs/train/tiny.yaml")
+    return tiny_train_config()
 
 
 # ------------------------------------------------------------------------------------------ 1. the CTR objective

@@ -47,7 +47,7 @@ def test_upstream_settings_change_the_coreset_key(tmp_path):
     assert emb["embeddings"] != base["embeddings"] and emb["select"] != base["select"]
     assert emb["grad_norms"] == base["grad_norms"]
     # the LoRA of the gradient model: the norms and every coreset built on them
-    lora = _keys(tmp_path, "model.lora.r=4")
+    lora = _keys(tmp_path, "model.lora.r=2")
     assert lora["grad_norms"] != base["grad_norms"] and lora["select"] != base["select"]
     assert lora["embeddings"] == base["embeddings"]
     g0, g1 = _keys(tmp_path, selector="grand"), _keys(tmp_path, "model.lora.alpha=32", selector="grand")
@@ -63,7 +63,7 @@ def test_upstream_settings_change_the_coreset_key(tmp_path):
     # settings that change only speed leave every key alone; a random coreset reads no signal
     assert _keys(tmp_path, "signals.grad_batch_size=2", "signals.embed_batch_size=7") == base
     r0 = _keys(tmp_path, selector="random")
-    assert _keys(tmp_path, "signals.normalize_embeddings=false", "model.lora.r=4", selector="random")["select"] == \
+    assert _keys(tmp_path, "signals.normalize_embeddings=false", "model.lora.r=2", selector="random")["select"] == \
         r0["select"]
     # the prompt template is inside the prepared samples: it changes the pool and so every key
     assert _keys(tmp_path, "prompt=paper")["select"] != base["select"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from goracs.models import tiny_llama
-from goracs.train import load_config_file, train_lora
+from goracs.train import train_lora
 from test_train import ctr_df
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,9 @@ def test_two_process_accelerate_launch_matches_one_process(tmp_path):
     # one process, micro-batch 2 with 2 accumulation steps: the same samples per optimizer step
     torch.set_num_threads(1)
     model, tok = tiny_llama(seed=0)
-    cfg = load_config_file(ROOT / "configs/train/tiny.yaml")
+    from tests.test_train import tiny_train_config
+
+    cfg = tiny_train_config()
     cfg.epochs = 2
     single, rep = train_lora(model, tok, ctr_df(8), ctr_df(4, seed=1), "ctr", cfg, tmp_path / "single")
     assert rep["world_size"] == 1 and rep["grad_accum"] == 2 and rep["steps"] == res["steps"] == 4
