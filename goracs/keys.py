@@ -18,7 +18,7 @@ from goracs.io import config_hash
 
 # Bump a stage's version when its code changes what it produces: its key and every downstream key change.
 STAGE_VERSIONS: dict[str, int] = {"pool": 1, "embeddings": 1, "grad_norms": 1, "el2n": 1, "select": 1, "train": 2,
-                                  "evaluate": 2}
+                                  "evaluate": 3, "proxy": 1}
 
 # The `signals` settings each signal's content depends on.
 SIGNAL_SETTINGS: dict[str, tuple[str, ...]] = {

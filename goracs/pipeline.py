@@ -249,30 +249,28 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
     return {"key": key, "stage_key": tkey, "path": out, "model": model, "tokenizer": tok, "report": report}
 
 
-def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any],
-                 sel: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate the fine-tuned model on the test split (plus the proxy-check values when `sel` is given);
-    cached by the adapter and the evaluation settings."""
+def _trained_model(cfg: DictConfig, trained: dict[str, Any]):
+    """(model, tokenizer) of a trained adapter, loaded onto the base model when the training stage was cached."""
+    if trained["model"] is None:
+        from peft import PeftModel
+
+        base, tok = base_model(cfg, fresh=True)
+        trained["model"] = PeftModel.from_pretrained(base, str(trained["path"] / "adapter"), is_trainable=False)
+        trained["tokenizer"] = tok
+    return trained["model"], trained["tokenizer"]
+
+
+def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the fine-tuned model on the test split; cached by the adapter, the test samples and the evaluation
+    settings (before any proxy check runs, so a job stopped during the proxy check keeps its metrics)."""
     from goracs.keys import derive
 
-    upstream = [trained["stage_key"], p["key"]]
-    proxy = None
-    if sel is not None:  # the proxy check reads the coreset's POO from the embeddings and the gradient norms
-        upstream += [signal_key(cfg, p, "embeddings"), signal_key(cfg, p, "grad_norms")]
-        proxy = {"lam": float(cfg.task.get("lam", 0.0)), "indices": sel["path"].name}
-    key = derive("evaluate", upstream, {"task": cfg.task.name, "eval": eval_settings(cfg, for_key=True),
-                                        "proxy": proxy}).spec
+    key = derive("evaluate", [trained["stage_key"], p["key"]],
+                 {"task": cfg.task.name, "eval": eval_settings(cfg, for_key=True)}).spec
     cache = stage_cache(cfg)
     with cache.lock("evaluate", key):
         if not cache.done("evaluate", key):
-            if trained["model"] is None:
-                from peft import PeftModel
-
-                base, tok = base_model(cfg, fresh=True)
-                trained["model"] = PeftModel.from_pretrained(base, str(trained["path"] / "adapter"),
-                                                             is_trainable=False)
-                trained["tokenizer"] = tok
-            model, tok = trained["model"], trained["tokenizer"]
+            model, tok = _trained_model(cfg, trained)
             model.eval()
             if cfg.task.name == "ctr":
                 from goracs.evaluate.ctr import evaluate_ctr
@@ -284,8 +282,6 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any],
                 base, _ = base_model(cfg)
                 metrics = evaluate_seqrec(model, base, tok, p["test"], p["catalogue"], eval_settings(cfg),
                                           cache_dir=Path(cfg.paths.cache_dir) / "catalogue")
-            if sel is not None:
-                metrics.update(proxy_values(cfg, p, sel, trained))
             with cache.build("evaluate", key) as tmp:
                 write_json(tmp / "metrics.json", metrics)
     return json.loads((cache.path("evaluate", key) / "metrics.json").read_text())
@@ -317,12 +313,34 @@ def run_logger(cfg: DictConfig, out_dir: Path, job_type: str):
     return make_logger(cfg.logger, as_dict(cfg), **over)
 
 
+def run_proxy(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], trained: dict[str, Any]) -> dict:
+    """The proxy check as its own cached stage (`proxy_check: true`): the coreset's POO at the task's lambda and
+    the fine-tuned model's mean test loss. Its cost: the embeddings and the gradient norms of the WHOLE pool (for a
+    selector that reads no signal, e.g. random, these are computed here: about a CPU-second per sample for the
+    gradient norms of SmolLM2-135M), one exact OT solve, and one loss pass over the test samples."""
+    from goracs.keys import derive
+
+    upstream = [trained["stage_key"], p["key"], signal_key(cfg, p, "embeddings"), signal_key(cfg, p, "grad_norms")]
+    key = derive("proxy", upstream, {"task": cfg.task.name, "lam": float(cfg.task.get("lam", 0.0)),
+                                     "coreset": sel["path"].name}).spec
+    cache = stage_cache(cfg)
+    with cache.lock("proxy", key):
+        if not cache.done("proxy", key):
+            t = time.perf_counter()
+            values = proxy_values(cfg, p, sel, trained)
+            values["proxy_seconds"] = time.perf_counter() - t
+            with cache.build("proxy", key) as tmp:
+                write_json(tmp / "proxy.json", values)
+    return json.loads((cache.path("proxy", key) / "proxy.json").read_text())
+
+
 def proxy_values(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], trained: dict[str, Any]) -> dict:
     """POO of the coreset (at the task's lambda) and the fine-tuned model's mean test loss: the proxy check."""
     from goracs.selection.cost import compute_cost
     from goracs.selection.ot import poo
     from goracs.train import sequence_loss
 
+    _trained_model(cfg, trained)
     emb, val = compute_embeddings(cfg, p)
     # the task's lambda for every run, so that the POO of every selector's coreset is on one scale (a selector's
     # own `lam`, e.g. DEALRec's effort weight or a lambda sweep's value, is another quantity)
@@ -369,7 +387,9 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         traj = trajectories(sel["report"])
         for name, values in traj.items():
             logger.log_trajectory(values, name="poo" if name == "all" else f"poo_{name.replace(' ', '')}")
-        metrics = run_evaluate(cfg, p, trained, sel if cfg.get("proxy_check", True) else None)
+        metrics = dict(run_evaluate(cfg, p, trained))
+        if cfg.get("proxy_check", True):
+            metrics.update(run_proxy(cfg, p, sel, trained))
         scalars = {k.lower(): float(metrics[k]) for k in metrics if _is_scalar_metric(k)}
         # budget = the samples actually fine-tuned on (the whole pool when it is smaller than the request), so
         # tables and budget sweeps group and plot at the size that was used; budget_requested = selector.budget

@@ -131,3 +131,41 @@ def test_metrics_record_the_budget_actually_used(tmp_path):
     assert res["budget"] == 6 and res["budget_requested"] == 8 and res["n_train_pool"] == 6
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["budget"] == 6 and saved["budget_requested"] == 8
+
+
+def test_proxy_check_is_its_own_stage_after_the_cached_metrics(tmp_path, monkeypatch):
+    """The metrics are cached before the proxy check runs: a job stopped in the proxy check keeps its evaluation,
+    and proxy_check=false never computes the pool's gradient norms for a selector that reads none."""
+    import goracs.pipeline as P
+    from goracs.cache import DONE
+
+    calls = {"grads": 0, "eval": 0}
+    real_grads, real_eval = goracs.signals.grads.grad_norms, goracs.evaluate.ctr.evaluate_ctr
+
+    def grads(*a, **k):
+        calls["grads"] += 1
+        return real_grads(*a, **k)
+
+    def ev(*a, **k):
+        calls["eval"] += 1
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(goracs.signals.grads, "grad_norms", grads)
+    monkeypatch.setattr(goracs.evaluate.ctr, "evaluate_ctr", ev)
+    off = run_all(config(tmp_path, "task=ctr", "selector=random", "proxy_check=false"), tmp_path / "off")
+    assert "poo" not in off and calls == {"grads": 0, "eval": 1}
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt("stopped during the proxy check")
+
+    monkeypatch.setattr(P, "proxy_values", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_all(config(tmp_path, "task=ctr", "selector=random", "seed=1"), tmp_path / "on")
+    done = [d for d in (tmp_path / "cache" / "evaluate").iterdir() if (d / DONE).exists()]
+    assert len(done) == 2 and calls["eval"] == 2  # the seed-1 evaluation was cached before the proxy check
+    monkeypatch.undo()
+    monkeypatch.setattr(goracs.evaluate.ctr, "evaluate_ctr", ev)
+    res = run_all(config(tmp_path, "task=ctr", "selector=random", "seed=1"), tmp_path / "on")
+    assert calls["eval"] == 2 and res["poo"] > 0 and res["test_loss"] > 0  # not evaluated again
+    assert res["test_loss"] == pytest.approx(res["logloss"], rel=1e-3)  # the two-way loss is the log-loss (float32)
+    assert any((d / "proxy.json").exists() for d in (tmp_path / "cache" / "proxy").iterdir())
