@@ -5,6 +5,7 @@ STAMP   := $(VENV)/.installed
 EXTRA   ?=
 FULL    ?= 0
 PROFILE ?= default
+LAUNCHER ?= $(if $(filter paper,$(PROFILE)),basic,cpu2)
 
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -46,10 +47,12 @@ demo: setup
 
 # every (dataset x) task x selector x seed of the paper's tables, the lambda and budget sweeps, then the tables
 # (results/table_{seqrec,ctr}.{md,csv}) and figures (results/figures/). PROFILE=default | paper
+# LAUNCHER: Hydra launcher of the multiruns; cpu2 (configs/hydra/launcher/cpu2.yaml) runs two jobs at a time with one
+# thread each, basic runs them one after the other (the paper profile's default: one GPU job at a time)
 reproduce-table: setup
-	$(PY) -m goracs -m experiment=table_$(PROFILE) $(EXTRA)
-	$(PY) -m goracs -m experiment=sweep_lambda_$(PROFILE) $(EXTRA)
-	$(PY) -m goracs -m experiment=sweep_budget_$(PROFILE) $(EXTRA)
+	$(PY) -m goracs -m experiment=table_$(PROFILE) hydra/launcher=$(LAUNCHER) $(EXTRA)
+	$(PY) -m goracs -m experiment=sweep_lambda_$(PROFILE) hydra/launcher=$(LAUNCHER) $(EXTRA)
+	$(PY) -m goracs -m experiment=sweep_budget_$(PROFILE) hydra/launcher=$(LAUNCHER) $(EXTRA)
 	$(PY) -m goracs stage=aggregate aggregate.profile=$(PROFILE) $(EXTRA)
 
 clean-cache:
