@@ -223,7 +223,7 @@ def run_select(cfg: DictConfig, p: dict[str, Any]) -> dict[str, Any]:
 def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=None) -> dict[str, Any]:
     """LoRA fine-tuning on the coreset; the adapter is cached by the selection, model and training settings."""
     from goracs.keys import derive
-    from goracs.train import train_lora
+    from goracs.train import train_config, train_lora
 
     # the run's seed seeds fine-tuning too, so seeds vary the whole pipeline, not only the selection
     tcfg = {**train_settings(cfg), "seed": int(cfg.seed)}
@@ -233,6 +233,15 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
     key = tkey.spec
     cache = stage_cache(cfg)
     out = cache.path("train", key)
+    if int(train_config(tcfg, cfg.task.name)["epochs"]) == 0:
+        # no fine-tuning (train.epochs=0): the starting model (the base LLM, with model.init_adapter if set) is
+        # what the evaluation scores, e.g. the zero-shot row of a learnability pilot
+        report = {"zero_shot": True, "steps": 0, "init_adapter": init_adapter(cfg)}
+        with cache.lock("train", key):
+            if not cache.done("train", key):
+                with cache.build("train", key) as tmp:
+                    write_json(tmp / "train_report.json", report)
+        return {"key": key, "stage_key": tkey, "path": out, "model": None, "tokenizer": None, "report": report}
     with cache.lock("train", key):  # a second job on the same coreset and settings waits for the first
         if cache.done("train", key):
             # loaded only if a later stage needs the model (an evaluation already cached does not)
@@ -250,7 +259,10 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
 
 
 def _trained_model(cfg: DictConfig, trained: dict[str, Any]):
-    """(model, tokenizer) of a trained adapter, loaded onto the base model when the training stage was cached."""
+    """(model, tokenizer) of a trained adapter, loaded onto the base model when the training stage was cached; the
+    starting model itself when no fine-tuning ran (train.epochs=0)."""
+    if trained["model"] is None and trained["report"].get("zero_shot"):
+        trained["model"], trained["tokenizer"] = adapted_model(cfg)
     if trained["model"] is None:
         from peft import PeftModel
 

@@ -306,7 +306,7 @@ def check_train(r: _Report, cfg: DictConfig) -> str | None:
         return f"train.task_overrides.{task}.{k}" if k in over else f"train.{k}"
 
     _num(r, key("lr"), c["lr"], 0.0, strict=True)
-    _int(r, key("epochs"), c["epochs"], 1, " (train_lora takes no step with 0 epochs)")
+    _int(r, key("epochs"), c["epochs"], 0, " (0 = no fine-tuning: the starting model is evaluated)")
     _int(r, key("max_steps"), c["max_steps"], 1, " (null = epochs decide)", null=True)
     _int(r, key("cutoff_len"), c["cutoff_len"], 1, " (tokens per sample)", null=True)
     _int(r, key("eval_batch_size"), c["eval_batch_size"], 1)

@@ -169,3 +169,17 @@ def test_proxy_check_is_its_own_stage_after_the_cached_metrics(tmp_path, monkeyp
     assert calls["eval"] == 2 and res["poo"] > 0 and res["test_loss"] > 0  # not evaluated again
     assert res["test_loss"] == pytest.approx(res["logloss"], rel=1e-3)  # the two-way loss is the log-loss (float32)
     assert any((d / "proxy.json").exists() for d in (tmp_path / "cache" / "proxy").iterdir())
+
+
+def test_zero_epochs_evaluate_the_starting_model(tmp_path):
+    """train.epochs=0: no fine-tuning, the starting model is what the evaluation scores (the pilot's zero-shot row)."""
+    from goracs.evaluate.ctr import evaluate_ctr
+    from goracs.models import tiny_llama
+    from goracs.pipeline import pool, run_prepare
+
+    cfg = config(tmp_path, "task=ctr", "selector=random", "train.epochs=0", "+train.task_overrides.ctr.epochs=0")
+    res = run_all(cfg, tmp_path / "zero")
+    assert res["train_report"]["zero_shot"] is True and res["train_report"]["steps"] == 0
+    model, tok = tiny_llama(seed=0)
+    direct = evaluate_ctr(model, tok, pool(cfg, run_prepare(cfg))["test"], {"progress": False})
+    assert res["auc"] == pytest.approx(direct["auc"]) and res["logloss"] == pytest.approx(direct["logloss"])

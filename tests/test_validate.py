@@ -68,7 +68,7 @@ BAD = [
     (["train.scheduler=cosine"], r"train\.scheduler must be 'constant' or 'linear'"),
     (["train.batch_size=0"], r"train\.batch_size and train\.micro_batch_size must be >= 1"),
     (["train.lr=0"], r"train\.lr=0: must be a finite number > 0"),
-    (["train.epochs=0"], r"train\.epochs=0: must be an integer >= 1"),
+    (["train.epochs=-1"], r"train\.epochs=-1: must be an integer >= 0 \(0 = no fine-tuning"),
     (["task=ctr", "train=default", "train.task_overrides.ctr.lr=-1"], r"train\.task_overrides\.ctr\.lr=-1"),
     (["train.mixed_precision=fp8"], r"train\.mixed_precision='fp8'"),
     (["device=gpu"], r"device='gpu': must be one of \['cpu', 'cuda', 'auto'\]"),
