@@ -151,10 +151,12 @@ def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
-def _adapter_state(path: Path) -> dict[str, torch.Tensor]:
+def adapter_state(path: str | os.PathLike, what: str = "adapter") -> dict[str, torch.Tensor]:
+    """The tensors of a PEFT adapter folder (adapter_model.safetensors or .bin); errors name the folder or file."""
+    path = Path(path)
     f = next((path / n for n in ADAPTER_FILES if (path / n).exists()), None)
     if f is None:
-        raise ModelError(f"initial adapter {path}: no {' or '.join(ADAPTER_FILES)} in the folder")
+        raise ModelError(f"{what} {path}: no {' or '.join(ADAPTER_FILES)} in the folder")
     try:
         if f.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -162,7 +164,7 @@ def _adapter_state(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(f))
         return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (a corrupt file: say which)
-        raise ModelError(f"initial adapter {f}: cannot be read ({type(e).__name__}: {e})") from e
+        raise ModelError(f"{what} {f}: cannot be read ({type(e).__name__}: {e})") from e
 
 
 def check_adapter_fits(model, path: str | os.PathLike) -> dict[str, Any]:
@@ -193,7 +195,7 @@ def check_adapter_fits(model, path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise ModelError(f"initial adapter {path}: target module(s) {missing} do not exist in the model "
                          f"({type(base).__name__}; linear layers: {sorted(n for n in short if n.endswith('proj'))})")
-    state = _adapter_state(path)
+    state = adapter_state(path, "initial adapter")
     lora = {k: v for k, v in state.items() if "lora_A" in k or "lora_B" in k}
     if not lora:
         raise ModelError(f"initial adapter {path}: the weights hold no LoRA matrices ({len(state)} tensors)")
@@ -224,22 +226,16 @@ def load_adapter(model, path: str | os.PathLike, trainable: bool = True):
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
 
 
-def adapter_fingerprint(path: str | os.PathLike | None) -> str | None:
-    """Content hash of an adapter folder's config and weights (None when no adapter is set)."""
+def adapter_fingerprint(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """Content of an adapter folder's config and weights for cache keys (the memoised SHA-256 of
+    goracs.io.file_fingerprint: a large adapter is hashed once); None when no adapter is set."""
     if not path:
         return None
-    import hashlib
+    from goracs.io import file_fingerprint
 
     path = Path(path)
-    h = hashlib.sha256()
-    for name in ("adapter_config.json", *ADAPTER_FILES):
-        f = path / name
-        if f.exists():
-            h.update(name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:24]
+    return {name: file_fingerprint(path / name)["sha256"] for name in ("adapter_config.json", *ADAPTER_FILES)
+            if (path / name).exists()}
 
 
 def model_fingerprint(model, lora: bool = True) -> str:

@@ -78,9 +78,12 @@ def train_settings(cfg: DictConfig, for_key: bool = False) -> dict[str, Any]:
     only) and `resume` are left out."""
     t = {**as_dict(cfg.train), "lora": as_dict(cfg.model.lora), "device": device_of(cfg),
          "num_threads": cfg.get("threads")}
-    if for_key:
-        t = {k: v for k, v in t.items() if k not in ("num_threads", "resume")}
-    return t
+    return _key_part(t) if for_key else t
+
+
+def _key_part(train: dict[str, Any]) -> dict[str, Any]:
+    """Training settings as they enter a key: the thread count (speed only) and `resume` left out."""
+    return {k: v for k, v in train.items() if k not in ("num_threads", "resume")}
 
 
 def eval_settings(cfg: DictConfig, for_key: bool = False) -> dict[str, Any]:
@@ -227,9 +230,8 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
 
     # the run's seed seeds fine-tuning too, so seeds vary the whole pipeline, not only the selection
     tcfg = {**train_settings(cfg), "seed": int(cfg.seed)}
-    tkey = derive("train", [sel["stage_key"], p["key"]], {"task": cfg.task.name, "model": model_key(cfg),
-                                                          "train": {**train_settings(cfg, for_key=True),
-                                                                    "seed": int(cfg.seed)}})
+    tkey = derive("train", [sel["stage_key"], p["key"]],
+                  {"task": cfg.task.name, "model": model_key(cfg), "train": _key_part(tcfg)})
     key = tkey.spec
     cache = stage_cache(cfg)
     out = cache.path("train", key)

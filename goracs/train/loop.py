@@ -26,7 +26,6 @@ from goracs.train.encoding import collate, ctr_yes_no, encode_samples, per_sampl
 
 log = logging.getLogger(__name__)
 
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def _data_key(df) -> str:
@@ -35,16 +34,16 @@ def _data_key(df) -> str:
 
 def check_saved_adapter(adapter_dir: Path, expect_trained: bool) -> dict[str, Any]:
     """Fail when the saved adapter is missing or holds no LoRA tensors; return its tensor counts."""
-    files = [adapter_dir / f for f in ADAPTER_WEIGHTS if (adapter_dir / f).exists()]
-    if not (adapter_dir / "adapter_config.json").exists() or not files:
-        raise TrainError(f"no adapter saved in {adapter_dir} (adapter_config.json / adapter_model.* missing)")
-    f = files[0]
-    if f.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from goracs.models import ADAPTER_FILES, ModelError, adapter_state
 
-        sd = load_file(str(f))
-    else:
-        sd = torch.load(f, map_location="cpu", weights_only=True)
+    adapter_dir = Path(adapter_dir)
+    f = next((adapter_dir / n for n in ADAPTER_FILES if (adapter_dir / n).exists()), None)
+    if not (adapter_dir / "adapter_config.json").exists() or f is None:
+        raise TrainError(f"no adapter saved in {adapter_dir} (adapter_config.json / adapter_model.* missing)")
+    try:
+        sd = adapter_state(adapter_dir, "saved adapter")
+    except ModelError as e:
+        raise TrainError(str(e)) from e
     lora = {k: v for k, v in sd.items() if "lora_" in k}
     numel = sum(v.numel() for v in lora.values())
     if not lora or numel == 0:
