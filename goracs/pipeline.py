@@ -274,13 +274,18 @@ def _trained_model(cfg: DictConfig, trained: dict[str, Any]):
     return trained["model"], trained["tokenizer"]
 
 
+def evaluate_key(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any]):
+    """The evaluation stage's key: the adapter, the test samples and the evaluation settings."""
+    from goracs.keys import derive
+
+    return derive("evaluate", [trained["stage_key"], p["key"]],
+                  {"task": cfg.task.name, "eval": eval_settings(cfg, for_key=True)})
+
+
 def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the fine-tuned model on the test split; cached by the adapter, the test samples and the evaluation
     settings (before any proxy check runs, so a job stopped during the proxy check keeps its metrics)."""
-    from goracs.keys import derive
-
-    key = derive("evaluate", [trained["stage_key"], p["key"]],
-                 {"task": cfg.task.name, "eval": eval_settings(cfg, for_key=True)}).spec
+    key = evaluate_key(cfg, p, trained).spec
     cache = stage_cache(cfg)
     with cache.lock("evaluate", key):
         if not cache.done("evaluate", key):
@@ -327,34 +332,55 @@ def run_logger(cfg: DictConfig, out_dir: Path, job_type: str):
     return make_logger(cfg.logger, as_dict(cfg), **over)
 
 
-def run_proxy(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], trained: dict[str, Any]) -> dict:
+def _ctr_loss_from_metrics(cfg: DictConfig, metrics: dict[str, Any] | None) -> bool:
+    """True when the CTR test loss is the evaluation's own log-loss: the two-way objective, scored from the Yes/No
+    logits, per-sample P(Yes) and labels present (then no second pass over the test samples is needed)."""
+    from goracs.train import train_config
+
+    if cfg.task.name != "ctr" or not metrics or metrics.get("method") != "logits":
+        return False
+    if not (metrics.get("p_yes") and metrics.get("labels")):
+        return False
+    return train_config(train_settings(cfg), "ctr")["ctr_loss"] == "two_way"
+
+
+def run_proxy(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], trained: dict[str, Any],
+              metrics: dict[str, Any] | None = None) -> dict:
     """The proxy check as its own cached stage (`proxy_check: true`): the coreset's POO at the task's lambda and
     the fine-tuned model's mean test loss. Its cost: the embeddings and the gradient norms of the WHOLE pool (for a
     selector that reads no signal, e.g. random, these are computed here: about a CPU-second per sample for the
-    gradient norms of SmolLM2-135M), one exact OT solve, and one loss pass over the test samples."""
+    gradient norms of SmolLM2-135M), one exact OT solve, and one loss pass over the test samples (CTR with the
+    two-way loss: none, the test loss is the mean -log P(label) of the evaluation's own P(Yes), given `metrics`)."""
     from goracs.keys import derive
 
     upstream = [trained["stage_key"], p["key"], signal_key(cfg, p, "embeddings"), signal_key(cfg, p, "grad_norms")]
-    key = derive("proxy", upstream, {"task": cfg.task.name, "lam": float(cfg.task.get("lam", 0.0)),
-                                     "coreset": sel["path"].name}).spec
+    from_metrics = _ctr_loss_from_metrics(cfg, metrics)
+    settings = {"task": cfg.task.name, "lam": float(cfg.task.get("lam", 0.0)), "coreset": sel["path"].name}
+    if from_metrics:
+        upstream.append(evaluate_key(cfg, p, trained))
+        settings["test_loss"] = "evaluation"
+    key = derive("proxy", upstream, settings).spec
     cache = stage_cache(cfg)
     with cache.lock("proxy", key):
         if not cache.done("proxy", key):
             t = time.perf_counter()
-            values = proxy_values(cfg, p, sel, trained)
+            values = proxy_values(cfg, p, sel, trained, metrics if from_metrics else None)
             values["proxy_seconds"] = time.perf_counter() - t
             with cache.build("proxy", key) as tmp:
                 write_json(tmp / "proxy.json", values)
     return json.loads((cache.path("proxy", key) / "proxy.json").read_text())
 
 
-def proxy_values(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], trained: dict[str, Any]) -> dict:
-    """POO of the coreset (at the task's lambda) and the fine-tuned model's mean test loss: the proxy check."""
+def proxy_values(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], trained: dict[str, Any],
+                 metrics: dict[str, Any] | None = None) -> dict:
+    """POO of the coreset (at the task's lambda) and the fine-tuned model's mean test loss: the proxy check.
+    With `metrics` (CTR, two-way loss) the test loss is the evaluation's -log P(label), not a second pass."""
     from goracs.selection.cost import compute_cost
     from goracs.selection.ot import poo
     from goracs.train import sequence_loss
 
-    _trained_model(cfg, trained)
+    if metrics is None:
+        _trained_model(cfg, trained)
     emb, val = compute_embeddings(cfg, p)
     # the task's lambda for every run, so that the POO of every selector's coreset is on one scale (a selector's
     # own `lam`, e.g. DEALRec's effort weight or a lambda sweep's value, is another quantity)
@@ -363,6 +389,11 @@ def proxy_values(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], traine
     value = poo(C[sel["indices"]])[0]
     from goracs.train import train_config
 
+    if metrics is not None:
+        py = np.clip(np.asarray(metrics["p_yes"], dtype=np.float64), 1e-12, 1 - 1e-12)
+        y = np.asarray(metrics["labels"], dtype=np.int64)
+        nll = -np.where(y == 1, np.log(py), np.log1p(-py))
+        return {"poo": float(value), "poo_lam": lam, "test_loss": float(nll.mean())}
     tc = train_config(train_settings(cfg), cfg.task.name)
     losses = sequence_loss(trained["model"], trained["tokenizer"], p["test"], cfg.task.name,
                            cutoff_len=int(tc["cutoff_len"]), batch_size=int(tc["eval_batch_size"]),
@@ -391,7 +422,7 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         log.info("%s already finished with this config: skipped", out_dir)
         return prev
     done = out_dir / "metrics.json"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     data = run_prepare(cfg)
     p = pool(cfg, data)
     with run_logger(cfg, out_dir, "pipeline") as logger:
@@ -403,7 +434,7 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             logger.log_trajectory(values, name="poo" if name == "all" else f"poo_{name.replace(' ', '')}")
         metrics = dict(run_evaluate(cfg, p, trained))
         if cfg.get("proxy_check", True):
-            metrics.update(run_proxy(cfg, p, sel, trained))
+            metrics.update(run_proxy(cfg, p, sel, trained, metrics))
         scalars = {k.lower(): float(metrics[k]) for k in metrics if _is_scalar_metric(k)}
         # budget = the samples actually fine-tuned on (the whole pool when it is smaller than the request), so
         # tables and budget sweeps group and plot at the size that was used; budget_requested = selector.budget
@@ -412,7 +443,7 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                   "lam": cfg.selector.get("lam"), "seed": int(cfg.seed),
                   "n_train_pool": len(p["train"]), "n_test": len(p["test"]), **scalars,
                   "select_seconds": sel["report"].get("select_seconds"),
-                  "wall_seconds": time.perf_counter() - t0,
+                  "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
                   "train_report": {k: v for k, v in trained["report"].items() if not isinstance(v, (list, dict))},
                   "selection_report": {k: v for k, v in sel["report"].items() if not isinstance(v, (list, dict))},
                   "poo_trajectories": traj,

@@ -112,3 +112,60 @@ def test_eval_yaml_mirrors_the_eval_config_dataclass():
     full = OmegaConf.to_container(load_config_file(root / "full.yaml"))
     assert {k for k in full if full[k] != y[k]} == {"protocol"}
     assert eval_config(None) == d and eval_config({"batch_size": 3})["batch_size"] == 3
+
+
+def test_packed_scoring_equals_the_padded_forward(tiny, monkeypatch):
+    """The packed CTR scores (shared prefix once, no padding, the head's Yes/No rows at the last position) are the
+    padded Hugging Face forward's, with and without the shared prefix, at any batch size."""
+    from goracs.signals import packed as P
+
+    model, tok = tiny
+    df = ctr_df(7, seed=2)
+    prompts = [render_prompt(i, x) for i, x in zip(df["instruction"], df["input"])]
+    assert len({len(tok(p).input_ids) for p in prompts}) > 1  # different lengths: batches need padding
+    packed, _ = p_yes(model, tok, prompts, {"batch_size": 3, "progress": False})
+    with monkeypatch.context() as m:
+        m.setattr(P, "packable", lambda _model: False)
+        padded, _ = p_yes(model, tok, prompts, {"batch_size": 3, "progress": False})
+    np.testing.assert_allclose(packed, padded, atol=1e-5)
+    ids = [tok(p).input_ids for p in prompts]
+    y, n = answer_token_ids(tok, prompts[0])
+    with_prefix = P.answer_logits(model, ids, (y[0], n[0]), batch_size=2, shared_prefix=1)
+    without = P.answer_logits(model, ids, (y[0], n[0]), batch_size=5, shared_prefix=0)
+    from goracs.signals.common import common_prefix_len
+
+    assert common_prefix_len(ids) >= 1  # the prompts share a prefix that the first call runs once
+    np.testing.assert_allclose(with_prefix.numpy(), without.numpy(), atol=1e-4)
+    np.testing.assert_allclose(torch.softmax(with_prefix, 1)[:, 0].numpy(), packed, atol=1e-5)
+
+
+def test_packed_validation_loss_equals_the_padded_one_during_training(tmp_path, monkeypatch):
+    """The two-way CTR validation loss from the packed forward is the padded batch's at every evaluation (the
+    LoRA weights change between them; dropout is off while validating)."""
+    from goracs.signals import packed as P
+    from goracs.train import train_lora, train_config
+    from tests.test_train import tiny_train_config
+
+    df, val = ctr_df(8, seed=1), ctr_df(6, seed=4)
+    cfg = {**train_config(tiny_train_config(), "ctr"), "max_steps": 4, "eval_every_steps": 2, "patience": None}
+    hist = {}
+    for name, packable in (("packed", P.packable), ("padded", lambda _model: False)):
+        with monkeypatch.context() as m:
+            m.setattr(P, "packable", packable)
+            _, rep = train_lora(tiny_llama(seed=3)[0], tiny_llama(seed=3)[1], df, val, "ctr", cfg, tmp_path / name)
+        hist[name] = [h["val_loss"] for h in rep["history"]]
+    assert len(hist["packed"]) == 3 and hist["packed"][0] != hist["packed"][-1]
+    np.testing.assert_allclose(hist["packed"], hist["padded"], rtol=1e-5)
+
+
+def test_evaluation_log_loss_is_the_two_way_test_loss(tiny):
+    """The proxy check takes a CTR model's test loss from the evaluation's P(Yes) (no second pass): per sample,
+    -log P(label) equals the two-way training loss of that sample."""
+    from goracs.train import sequence_loss
+
+    model, tok = tiny
+    df = ctr_df(6, seed=5)
+    m = evaluate_ctr(model, tok, df, {"batch_size": 4, "progress": False})
+    py, y = np.asarray(m["p_yes"]), np.asarray(m["labels"])
+    nll = -np.where(y == 1, np.log(py), np.log1p(-py))
+    np.testing.assert_allclose(nll, sequence_loss(model, tok, df, "ctr", ctr_loss="two_way"), rtol=1e-4, atol=1e-6)

@@ -41,7 +41,14 @@ def p_yes(model, tokenizer, prompts: list[str], cfg: Any = None) -> tuple[np.nda
 
     keep = (cut - (0 if method == "logits" else max(len(y_ids), len(n_ids)))) if cut else None
 
+    from goracs.signals import packed as P
+
     def score(idx: list[int]) -> list[float]:
+        if method == "logits" and P.packable(model):
+            # LLaMA decoders: the shared prompt prefix once, no padding, the head's Yes/No rows at the last position
+            seqs = [truncate(p, keep, "left") for p in token_ids(tokenizer, [prompts[i] for i in idx])[0]]
+            two = P.answer_logits(model, seqs, (y_ids[0], n_ids[0]), bs, progress=c["progress"], desc="ctr eval")
+            return torch.softmax(two, dim=1)[:, 0].tolist()
         out: list[float] = []
         for s in tqdm(range(0, len(idx), bs), desc="ctr eval", disable=not c["progress"], leave=False):
             ps = [truncate(p, keep, "left") for p in token_ids(tokenizer, [prompts[i] for i in idx[s:s + bs]])[0]]

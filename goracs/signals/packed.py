@@ -197,3 +197,37 @@ def last_layer_outputs(layer, h: torch.Tensor, pk: Pack, k_pre, v_pre, rows: lis
     q = _rope(attn.q_proj(x[flat]).view(len(flat), -1, d), pk.cos[flat], pk.sin[flat])
     hs = h[flat] + attn.o_proj(_attention(attn, q, k, v, pk, k_pre, v_pre, rows=rows))
     return hs + _mlp(layer.mlp, layer.post_attention_layernorm(hs))
+
+
+@torch.no_grad()
+def answer_logits(model, seqs: list[list[int]], answer_ids, batch_size: int = 8, shared_prefix: int = 16,
+                  progress: bool = False, desc: str = "answer logits") -> torch.Tensor:
+    """(N, len(answer_ids)) float32 logits of the answer tokens at the last position of each token list: the CTR
+    scores (P(Yes) = softmax over the Yes/No logits) of the evaluation, the validation loss and EL2N.
+
+    The prompt prefix that every list shares runs once (when it has at least `shared_prefix` tokens; 0 = never),
+    the rest of each list runs without padding in batches of similar length, and the last layer, the final norm
+    and the head run only at the last position, for the answer rows of the head alone: the same logits as the
+    model's own padded forward (within float rounding), at the cost of the tokens that differ between samples."""
+    from tqdm.auto import tqdm
+
+    from goracs.signals.common import common_prefix_len, length_batches, yes_no_logits
+
+    if not seqs:
+        raise ValueError("no token lists to score")
+    dev = next(base_model(model).parameters()).device
+    dec, head, layers = decoder_parts(model)
+    c = common_prefix_len(seqs)
+    kv = prefix_cache(model, seqs[0][:c], dev) if shared_prefix > 0 and c >= max(1, int(shared_prefix)) else None
+    c = c if kv is not None else 0
+    out = torch.empty((len(seqs), len(answer_ids)), dtype=torch.float32)
+    with tqdm(total=len(seqs), desc=desc, disable=not progress, leave=False) as bar:
+        for rows in length_batches([len(s) for s in seqs], batch_size):
+            pk = pack(model, [seqs[k][c:] for k in rows], c, dev)
+            h = lower_layers(model, pk, kv)
+            k_pre = kv.keys[-1] if kv is not None else None
+            v_pre = kv.values[-1] if kv is not None else None
+            hs = dec.norm(last_layer_outputs(layers[-1], h, pk, k_pre, v_pre, [[n - 1] for n in pk.lens]))
+            out[torch.as_tensor(rows)] = yes_no_logits(head, hs, answer_ids).cpu()
+            bar.update(len(rows))
+    return out

@@ -176,8 +176,21 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
              else get_constant_schedule_with_warmup(opt, warm))
     eval_every = eval_cadence(c, len(train_df), steps_per_epoch)
 
+    from goracs.signals import packed as P
+
+    # the two-way CTR validation loss of a LLaMA decoder in one process: the packed forward (shared prompt prefix
+    # once, no padding, the Yes/No rows of the head at the answer position only), the same loss as the padded batch
+    packed_val = yes_no is not None and world == 1 and P.packable(unwrapped)
+    if packed_val:
+        va_prompts = [s[:-1] for s in va_ids]
+        va_cls = torch.as_tensor([int(s[-1] == int(yes_no[1])) for s in va_ids])
+
     def val_loss() -> float:
         ddp_model.eval()
+        if packed_val:
+            two = P.answer_logits(unwrapped, va_prompts, yes_no, int(c["eval_batch_size"]))
+            ddp_model.train()
+            return float(torch.nn.functional.cross_entropy(two, va_cls))
         losses = []
         with torch.no_grad():
             for batch in val_dl:

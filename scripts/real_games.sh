@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The real-data study of issue 16 (profile real_cpu), step by step; results/real_games/README.md has the plan.
+# Every job skips itself when finished (skip_finished) and every stage is cached by content, so this script
+# resumes where an interruption stopped it: run it again with the same step.
+#   bash scripts/real_games.sh pilot            # the learnability pilot (zero-shot, random 64/256/1024, full)
+#   bash scripts/real_games.sh ctr              # the CTR table (11 selectors x 3 seeds, budget 64)
+#   bash scripts/real_games.sh seqrec           # the SeqRec table
+#   bash scripts/real_games.sh sweeps           # lambda and budget sweeps
+#   bash scripts/real_games.sh proxy            # extra random subsets for the proxy check
+#   bash scripts/real_games.sh report           # tables, intervals, figures into results/real_games/
+# LAUNCHER=cpu2 runs two jobs at a time (both cores), LAUNCHER=basic one (leaves a core free; the default).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+LAUNCHER=${LAUNCHER:-basic}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export WANDB_MODE=${WANDB_MODE:-offline}
+run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" -m goracs -m hydra/launcher="$LAUNCHER" logger=none progress=false "$@"; }
+
+step=${1:?usage: real_games.sh pilot|ctr|seqrec|sweeps|proxy|report}
+shift
+case "$step" in
+  pilot)
+    run experiment=pilot_real_cpu selector=random selector.budget=64 train.epochs=0 "$@"   # zero-shot
+    run experiment=pilot_real_cpu selector.budget=64,256 "$@"
+    run experiment=pilot_real_cpu selector=full "$@"
+    run experiment=pilot_real_cpu selector.budget=1024 "$@"
+    ;;
+  ctr) run experiment=table_real_cpu "$@" ;;
+  seqrec) run experiment=table_real_cpu_seqrec "$@" ;;
+  sweeps)
+    run experiment=sweep_lambda_real_cpu "$@"
+    run experiment=sweep_budget_real_cpu "$@"
+    ;;
+  proxy) run experiment=proxy_real_cpu "$@" ;;
+  report) "$PY" scripts/real_games_report.py "$@" ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+esac
