@@ -21,7 +21,7 @@ step=${1:?usage: real_games.sh pilot|ctr|seqrec|sweeps|proxy|report}
 shift
 case "$step" in
   pilot)
-    run experiment=pilot_real_cpu selector=random selector.budget=64 train.epochs=0 "$@"   # zero-shot
+    run experiment=pilot_real_cpu selector=random selector.budget=64 train.task_overrides.ctr.epochs=0 "$@"   # zero-shot (the task override, which wins over train.epochs)
     run experiment=pilot_real_cpu selector.budget=64,256 "$@"
     run experiment=pilot_real_cpu selector=full "$@"
     run experiment=pilot_real_cpu selector.budget=1024 "$@"
