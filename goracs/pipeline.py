@@ -319,6 +319,7 @@ def trajectories(report: dict[str, Any]) -> dict[str, list[float]]:
 
 def run_logger(cfg: DictConfig, out_dir: Path, job_type: str):
     """The configured W&B (or no-op) logger for one run, writing under the run's folder."""
+    from goracs.report.dashboard import run_keys
     from goracs.report.wandb import make_logger
 
     over: dict[str, Any] = {"dir": str(out_dir)}
@@ -329,7 +330,7 @@ def run_logger(cfg: DictConfig, out_dir: Path, job_type: str):
             f"{cfg.dataset.name}-{cfg.task.name}-{cfg.selector.name}-n{cfg.selector.budget}-s{cfg.seed}"
         over["tags"] = list(cfg.logger.get("tags") or []) + [cfg.dataset.name, cfg.task.name, cfg.selector.name]
     out_dir.mkdir(parents=True, exist_ok=True)
-    return make_logger(cfg.logger, as_dict(cfg), **over)
+    return make_logger(cfg.logger, {**as_dict(cfg), **run_keys(cfg)}, **over)  # + flat keys the dashboard reads
 
 
 def _ctr_loss_from_metrics(cfg: DictConfig, metrics: dict[str, Any] | None) -> bool:
@@ -448,10 +449,22 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                   "selection_report": {k: v for k, v in sel["report"].items() if not isinstance(v, (list, dict))},
                   "poo_trajectories": traj,
                   "coreset": str(sel["path"] / "indices.npy"), "config": as_dict(cfg)}
-        logger.log_metrics(scalars, summary=True)
+        from goracs.report.dashboard import summary_metrics
+        logger.log_metrics(summary_metrics(scalars), summary=True)  # test/<metric>, proxy/<value> for every task
         logger.log_table("result", _one_row(result))
+        # the per-test-sample outputs, for intervals and paired differences between selectors (goracs.report)
+        write_json(out_dir / "predictions.json", predictions(cfg.task.name, metrics, p["test"]))
         write_json(done, result)
     return result
+
+
+def predictions(task: str, metrics: dict[str, Any], test) -> dict[str, Any]:
+    """Per test sample: CTR P(Yes) and the label, SeqRec the target's 0-based rank; with the test samples' ids
+    (their row index) so that two runs are compared on the same samples."""
+    ids = [str(i) for i in test.index]
+    if task == "ctr":
+        return {"task": task, "ids": ids, "p_yes": metrics.get("p_yes"), "labels": metrics.get("labels")}
+    return {"task": task, "ids": ids, "rank": (metrics.get("per_sample") or {}).get("rank")}
 
 
 def _is_scalar_metric(key: str) -> bool:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from goracs.report.aggregate import collect, summarise, to_markdown, write_tables
 
@@ -121,3 +122,56 @@ def test_metrics_and_cut_offs_come_from_the_eval_config(tmp_path):
     md = (out / "table_seqrec.md").read_text()
     assert "| HR@20 | NDCG@20 |" in md and "HR@10" not in md
     assert np.isclose(tables["seqrec"].set_index("selector").loc["goracs", "hr@20_mean"], 0.6)
+
+
+def _ctr_runs_with_predictions(root, shift: dict[str, float], n: int = 600):
+    """CTR runs of several selectors on one test set: P(Yes) = sigmoid(signal * label + noise), with a larger
+    signal for a better selector; predictions.json as the pipeline writes it."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, n)
+    for sel, sig in shift.items():
+        for seed in (0, 1, 2):
+            p = 1 / (1 + np.exp(-(sig * (2 * y - 1) + rng.normal(0, 1, n))))
+            d = root / f"{sel}_{seed}"
+            d.mkdir(parents=True)
+            from goracs.evaluate.metrics import auc_logloss
+
+            m = auc_logloss(y, p)
+            (d / "metrics.json").write_text(json.dumps({"dataset": "games", "task": "ctr", "selector": sel,
+                                                        "budget": 64, "lam": None, "seed": seed,
+                                                        "auc": m["auc"], "logloss": m["logloss"]}))
+            (d / "predictions.json").write_text(json.dumps({"task": "ctr", "ids": [str(i) for i in range(n)],
+                                                            "p_yes": p.tolist(), "labels": y.tolist()}))
+    return y
+
+
+def test_paired_difference_to_random_and_significant_bold(tmp_path):
+    from goracs.report.aggregate import paired_vs, significant_best
+
+    _ctr_runs_with_predictions(tmp_path / "a", {"goracs": 1.5, "random": 0.5, "grand": 0.52})
+    runs = collect([tmp_path / "a"])
+    s = summarise(runs, "ctr")
+    assert (s["auc_ci_lo"] < s["auc_mean"]).all() and (s["auc_mean"] < s["auc_ci_hi"]).all()
+    d = paired_vs(runs, "ctr", ["auc", "logloss"], n_resamples=400).set_index("selector")
+    from goracs.evaluate.metrics import auc_logloss
+    from goracs.report.aggregate import sample_metric
+
+    y, q = np.array([0, 1, 1, 0]), np.array([0.2, 0.7, 1.0, 0.0])
+    assert sample_metric("logloss")(y, q) == pytest.approx(auc_logloss(y, q)["logloss"], rel=1e-9)
+    # the paired difference is the difference of the seed means, and the interval says which differ
+    g, r = s.set_index("selector").loc["goracs", "auc_mean"], s.set_index("selector").loc["random", "auc_mean"]
+    assert d.loc["goracs", "auc_diff"] == pytest.approx(g - r, abs=1e-12)
+    assert d.loc["goracs", "auc_diff_lo"] > 0 and d.loc["goracs", "logloss_diff_hi"] < 0
+    assert d.loc["grand", "auc_diff_lo"] < 0 < d.loc["grand", "auc_diff_hi"]   # the same signal as random
+    best = significant_best(runs, s, "ctr", ["auc", "logloss"], n_resamples=400)
+    assert best[("games", "auc")] == "goracs|64|-"
+    md = to_markdown(s, "ctr", paired_vs(runs, "ctr", ["auc"], n_resamples=200), best)
+    assert "**" in next(line for line in md.splitlines() if "| goracs |" in line)
+    assert "Δ" in md and "(0,1,2)" in md
+    # two selectors that do not separate: nothing is bold
+    _ctr_runs_with_predictions(tmp_path / "b", {"random": 0.5, "grand": 0.51})
+    runs = collect([tmp_path / "b"])
+    s = summarise(runs, "ctr")
+    best = significant_best(runs, s, "ctr", ["auc"], n_resamples=400)
+    assert best[("games", "auc")] is None
+    assert "**" not in to_markdown(s, "ctr", paired_vs(runs, "ctr", ["auc"], n_resamples=200), best)

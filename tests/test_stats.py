@@ -48,3 +48,15 @@ def test_full_selector_takes_the_whole_pool_whatever_the_budget():
     out = sel.select(Signals(n=17), 4, seed=3)
     assert out.indices.tolist() == list(range(17)) and out.report["budget_requested"] == 4
     assert sel.needs == ()
+
+
+def test_rank_auc_is_scikit_learns_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from goracs.report.stats import auc
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 500)
+    s = np.round(rng.random(500) + 0.3 * y, 2)  # rounding makes many ties
+    assert auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert np.isnan(auc(np.ones(4), np.arange(4.0)))

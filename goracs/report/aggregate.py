@@ -14,6 +14,7 @@ import pandas as pd
 
 from goracs.evaluate.metrics import metric, task_metrics
 from goracs.io import atomic_path, write_text
+from goracs.report.stats import mean_ci
 from goracs.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,135 @@ def table_metrics(runs: pd.DataFrame, task: str) -> list[str]:
     return [n for n in names if n in runs]
 
 
+def load_predictions(run_dir: str | os.PathLike) -> dict | None:
+    """A run's per-test-sample outputs (predictions.json: CTR P(Yes) and labels, SeqRec ranks), or None."""
+    path = Path(run_dir) / "predictions.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def sample_metric(name: str):
+    """The metric `name` (auc, logloss, accuracy, hr@k, ndcg@k) as f(labels, scores) on per-sample outputs:
+    CTR scores are P(Yes), SeqRec scores are the target's 0-based rank (labels unused)."""
+    from goracs.report.stats import auc
+
+    fam, _, k = name.lower().partition("@")
+    if fam == "auc":
+        return auc
+    if fam == "logloss":  # auc_logloss's binary log-loss (clipped at 1e-7), in numpy: the bootstraps call it often
+        def logloss(y, p):
+            q = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+            return float(-np.mean(np.where(np.asarray(y) == 1, np.log(q), np.log1p(-q))))
+        return logloss
+    if fam == "accuracy":
+        return lambda y, p: float(((np.asarray(p) >= 0.5).astype(int) == np.asarray(y)).mean())
+    if fam in ("hr", "ndcg") and k:
+        kk = int(k)
+        if fam == "hr":
+            return lambda y, r: float((np.asarray(r) < kk).mean())
+        return lambda y, r: float(np.where(np.asarray(r) < kk, 1.0 / np.log2(np.asarray(r) + 2.0), 0.0).mean())
+    raise ValueError(f"no per-sample form of the metric {name!r}")
+
+
+def _scores(run_dirs: Iterable[str], task: str) -> tuple[np.ndarray, list[np.ndarray], list] | None:
+    """(labels, per-seed scores, sample ids) of a group's runs, aligned on the test samples; None when a run lacks
+    its predictions or the runs were tested on different samples."""
+    preds = [load_predictions(d) for d in run_dirs]
+    if not preds or any(q is None for q in preds):
+        return None
+    key = "p_yes" if task == "ctr" else "rank"
+    if any(q.get(key) is None for q in preds):
+        return None
+    ids = preds[0].get("ids")
+    if any(q.get("ids") != ids or len(q[key]) != len(preds[0][key]) for q in preds):
+        return None
+    labels = np.asarray(preds[0].get("labels") or np.zeros(len(preds[0][key])), dtype=np.int64)
+    return labels, [np.asarray(q[key], dtype=np.float64) for q in preds], ids
+
+
+def paired_vs(runs: pd.DataFrame, task: str, metrics: list[str], reference: str = "random",
+              n_resamples: int = 2000) -> pd.DataFrame:
+    """Per dataset x selector x budget x lambda: the paired difference of each metric to `reference` (mean over
+    seeds of the selector minus mean over seeds of the reference, on the same test samples) with its 95 %
+    bootstrap interval over test samples (goracs.report.stats.paired_difference). The reference is the
+    `reference` selector's runs at the same budget, else at its most common budget (e.g. the full-data row against
+    random at the table's budget). Empty when the runs carry no per-sample predictions."""
+    from goracs.report.stats import paired_difference
+
+    df = runs[runs["task"] == task].copy()
+    rows = []
+    if df.empty or "run_dir" not in df:
+        return pd.DataFrame()
+    for col in GROUP:
+        if col not in df:
+            df[col] = np.nan
+    df["lam"] = df["lam"].astype(object).where(df["lam"].notna(), "-")
+    for keys, part in df.groupby(GROUP, dropna=False):
+        rec = dict(zip(GROUP, keys))
+        if rec["selector"] == reference:
+            continue
+        ref = df[(df["dataset"] == rec["dataset"]) & (df["selector"] == reference)]
+        if ref.empty:
+            continue
+        same = ref[ref["budget"] == rec["budget"]]
+        ref = same if not same.empty else ref[ref["budget"] == ref["budget"].mode().iloc[0]]
+        a, b = _scores(part["run_dir"], task), _scores(ref["run_dir"], task)
+        if a is None or b is None or a[2] != b[2] or len(a[0]) != len(b[0]):
+            continue
+        rec["reference_budget"] = int(ref["budget"].iloc[0])
+        for m in metrics:
+            d, lo, hi = paired_difference(a[0], a[1], b[1], metric=sample_metric(m), n_resamples=n_resamples)
+            rec.update({f"{m}_diff": d, f"{m}_diff_lo": lo, f"{m}_diff_hi": hi})
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def significant_best(runs: pd.DataFrame, summary: pd.DataFrame, task: str, metrics: list[str],
+                     n_resamples: int = 2000) -> dict[tuple[str, str], str | None]:
+    """Per (dataset, metric): the row label (selector|budget|lambda) of the best mean when its paired bootstrap
+    difference to the runner-up excludes 0, else None (nothing is significantly best). Rows without per-sample
+    predictions: the best mean, as before (marked by the caller's note)."""
+    from goracs.report.stats import paired_difference
+
+    out: dict[tuple[str, str], str | None] = {}
+    df = runs[runs["task"] == task]
+    for ds, part in summary.groupby("dataset"):
+        for m in metrics:
+            if part[f"{m}_mean"].isna().all():
+                continue
+            order = part.sort_values(f"{m}_mean", ascending=not metric(m).higher_is_better)
+            best = order.iloc[0]
+            label = _label(best)
+            if len(order) < 2:
+                out[(ds, m)] = label
+                continue
+            second = order.iloc[1]
+
+            def dirs(r):
+                sel = df[(df["dataset"] == ds) & (df["selector"] == r["selector"]) & (df["budget"] == r["budget"])
+                         & (df["lam"].astype(object).where(df["lam"].notna(), "-").astype(str) == str(r["lam"]))]
+                return sel["run_dir"]
+
+            a, b = _scores(dirs(best), task), _scores(dirs(second), task)
+            if a is None or b is None or a[2] != b[2] or len(a[0]) != len(b[0]):
+                out[(ds, m)] = label if a is None and b is None else None
+                continue
+            _, lo, hi = paired_difference(a[0], a[1], b[1], metric=sample_metric(m), n_resamples=n_resamples)
+            out[(ds, m)] = label if (lo > 0 or hi < 0) else None
+    return out
+
+
+def _label(r) -> str:
+    return f"{r['selector']}|{int(r['budget'])}|{r['lam']}"
+
+
 def summarise(runs: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Mean and std over seeds of the task's metrics, one row per dataset x selector x budget x lambda."""
+    """Mean, std and 95 % t interval over seeds of the task's metrics, one row per dataset x selector x budget x
+    lambda."""
     metrics = table_metrics(runs, task)
     df = runs[runs["task"] == task].copy()
     if df.empty:
@@ -66,33 +194,72 @@ def summarise(runs: pd.DataFrame, task: str) -> pd.DataFrame:
         if m in df:
             agg[f"{m}_mean"] = (m, "mean")
             agg[f"{m}_std"] = (m, lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0)
+            agg[f"{m}_ci_lo"] = (m, lambda x: mean_ci(x)[1])
+            agg[f"{m}_ci_hi"] = (m, lambda x: mean_ci(x)[2])
     agg["seeds"] = ("seed", "nunique")
+    agg["seed_list"] = ("seed", lambda x: ",".join(str(int(v)) for v in sorted(set(x))))
     return df.groupby(GROUP, dropna=False).agg(**agg).reset_index()
 
 
-def to_markdown(summary: pd.DataFrame, task: str) -> str:
-    """A markdown table with mean +- std; the best mean per dataset and metric is in bold."""
+def to_markdown(summary: pd.DataFrame, task: str, paired: pd.DataFrame | None = None,
+                best: dict[tuple[str, str], str | None] | None = None, reference: str = "random") -> str:
+    """A markdown table. Without per-sample predictions (`best` None): mean ± std over seeds, the best mean per
+    dataset and metric in bold. With them: mean [95 % t interval over seeds], the paired difference to
+    `reference` [95 % bootstrap interval over test samples, pooled over seeds] per metric, and bold only where the
+    best mean is significantly better than the runner-up (`best`, from significant_best)."""
     if summary.empty:
         return f"No {task} runs found.\n"
     metrics = [c[:-5] for c in summary.columns if c.endswith("_mean")]
-    best = {}
-    for ds, part in summary.groupby("dataset"):
-        for m in metrics:
-            col = part[f"{m}_mean"]
-            best[(ds, m)] = col.max() if metric(m).higher_is_better else col.min()
-    head = ["dataset", "selector", "budget", "lambda"] + [metric(m).label for m in metrics] + ["seeds"]
+    legacy = best is None
+    if legacy:
+        best = {}
+        for ds, part in summary.groupby("dataset"):
+            for m in metrics:
+                col = part[f"{m}_mean"]
+                v = col.max() if metric(m).higher_is_better else col.min()
+                best[(ds, m)] = next((_label(r) for r in part.to_dict("records") if np.isclose(r[f"{m}_mean"], v)),
+                                     None)
+    diffs = {}
+    if paired is not None and not paired.empty:
+        for r in paired.to_dict("records"):
+            diffs[(r["dataset"], r["selector"], int(r["budget"]), str(r["lam"]))] = r
+    head = ["dataset", "selector", "budget", "lambda"] + [metric(m).label for m in metrics]
+    if diffs:
+        head += [f"Δ{metric(m).label} vs {reference}" for m in metrics]
+    head += ["seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary.sort_values(["dataset", "budget", "selector"]).to_dict("records"):
         cells = [str(r["dataset"]), str(r["selector"]), str(int(r["budget"])), str(r["lam"])]
         for m in metrics:
             mean, std = r[f"{m}_mean"], r[f"{m}_std"]
-            text = f"{mean:.4f} ± {std:.4f}"
-            cells.append(f"**{text}**" if np.isclose(mean, best[(r['dataset'], m)]) else text)
-        cells.append(str(r["seeds"]))
+            lo, hi = r.get(f"{m}_ci_lo", np.nan), r.get(f"{m}_ci_hi", np.nan)
+            if legacy:
+                text = f"{mean:.4f} ± {std:.4f}"
+            else:
+                text = f"{mean:.4f} [{lo:.4f}, {hi:.4f}]" if np.isfinite(lo) else f"{mean:.4f}"
+            cells.append(f"**{text}**" if best.get((r["dataset"], m)) == _label(r) else text)
+        if diffs:
+            d = diffs.get((r["dataset"], r["selector"], int(r["budget"]), str(r["lam"])))
+            for m in metrics:
+                if d is None or f"{m}_diff" not in d:
+                    cells.append("-")
+                    continue
+                sig = d[f"{m}_diff_lo"] > 0 or d[f"{m}_diff_hi"] < 0
+                text = f"{d[f'{m}_diff']:+.4f} [{d[f'{m}_diff_lo']:+.4f}, {d[f'{m}_diff_hi']:+.4f}]"
+                cells.append(text + (" *" if sig else ""))
+        cells.append(f"{r['seeds']} ({r['seed_list']})" if "seed_list" in r else str(r["seeds"]))
         lines.append("| " + " | ".join(cells) + " |")
     lower = [m for m in metrics if not metric(m).higher_is_better]
     note = f" (lower is better for {', '.join(lower)})" if lower else ""
-    return "\n".join(lines) + f"\n\nMean ± std over seeds; best mean per dataset in bold{note}.\n"
+    if legacy:
+        return "\n".join(lines) + f"\n\nMean ± std over seeds; best mean per dataset in bold{note}.\n"
+    text = ("Mean [95 % t interval over seeds]; a single seed has no interval. Bold: the best mean per dataset where "
+            f"its paired bootstrap difference to the runner-up excludes 0{note}.")
+    if diffs:
+        text += (f" Δ vs {reference}: the mean over seeds minus {reference}'s mean over seeds on the same test "
+                 "samples, with its 95 % paired bootstrap interval over test samples (2,000 resamples, pooled over "
+                 f"seeds; the full-data row against {reference} at the table's budget); * = the interval excludes 0.")
+    return "\n".join(lines) + "\n\n" + text + "\n"
 
 
 def provenance(runs: pd.DataFrame, roots: Iterable[str | os.PathLike]) -> str:
@@ -124,6 +291,13 @@ def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike)
     out = {}
     for task in TASKS:
         s = summarise(runs, task) if not runs.empty else pd.DataFrame()
+        paired, best = None, None
+        if not s.empty and any(load_predictions(d) is not None for d in runs.loc[runs["task"] == task, "run_dir"]):
+            names = [c[:-5] for c in s.columns if c.endswith("_mean")]
+            paired = paired_vs(runs, task, names)
+            best = significant_best(runs, s, task, names)
+            if not paired.empty:
+                s = s.merge(paired, on=GROUP, how="left")
         part = runs[runs["task"] == task] if not runs.empty else runs
         if part.empty and (out_dir / f"table_{task}.md").exists():
             log.warning("no %s runs under %s: %s left as it is", task, ", ".join(map(str, roots)),
@@ -131,7 +305,7 @@ def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike)
             out[task] = s
             continue
         write_text(out_dir / f"table_{task}.md", f"# {task} results\n\n" + provenance(part, roots)
-                   + to_markdown(s, task))
+                   + to_markdown(s, task, paired, best))
         with atomic_path(out_dir / f"table_{task}.csv") as tmp:
             s.to_csv(tmp, index=False)
         out[task] = s

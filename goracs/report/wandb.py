@@ -51,9 +51,11 @@ class RunLogger:
         self.summary[f"{name}/size"] = int(np.asarray(list(indices)).size)
 
     def log_trajectory(self, poo_values: Iterable[float], name: str = "poo") -> None:
-        """Record the POO value per ITRA iteration."""
+        """Record the POO value per ITRA iteration: one history row per iteration ({name}/iteration,
+        {name}/value: the series the dashboard's POO-descent panels plot) and the first/last value in the summary."""
         vals = [float(v) for v in poo_values]
         if vals:
+            self.history.extend(trajectory_rows(vals, name))
             self.summary.update({f"{name}/initial": vals[0], f"{name}/final": vals[-1], f"{name}/steps": len(vals)})
 
     def log_table(self, name: str, dataframe) -> None:
@@ -144,11 +146,18 @@ class WandbLogger(RunLogger):
         self.run.summary[f"{name}/size"] = int(idx.size)
 
     def log_trajectory(self, poo_values: Iterable[float], name: str = "poo") -> None:
-        """Log the POO trajectory as a table plus a line plot, and its first/last value in the summary."""
+        """Log the POO trajectory as a history series ({name}/value against its own x-axis {name}/iteration, so
+        that runs can be grouped and averaged in a line panel), a table plus a line plot, and its first/last value
+        in the summary."""
         vals = [float(v) for v in poo_values]
         super().log_trajectory(vals, name)
         if not vals:
             return
+        # the series stay out of the summary ({name}/final has the last value) and the iteration out of auto-charts
+        self.run.define_metric(f"{name}/iteration", hidden=True, summary="none")
+        self.run.define_metric(f"{name}/value", step_metric=f"{name}/iteration", summary="none")
+        for row in trajectory_rows(vals, name):
+            self.run.log(row)
         table = self._wandb.Table(columns=["iteration", name], data=[[i, v] for i, v in enumerate(vals)])
         self.run.log({f"{name}/trajectory": table,
                       f"{name}/trajectory_plot": self._wandb.plot.line(table, "iteration", name,
@@ -179,6 +188,11 @@ class WandbLogger(RunLogger):
             self.run.finish(exit_code=exit_code)
         except Exception as e:  # noqa: BLE001 - finishing must never mask the job's own error
             log.warning("wandb finish failed: %s", e)
+
+
+def trajectory_rows(values: Iterable[float], name: str = "poo") -> list[dict[str, Any]]:
+    """The history rows of a POO trajectory: {name}/iteration (0, 1, ...) and {name}/value."""
+    return [{f"{name}/iteration": i, f"{name}/value": float(v)} for i, v in enumerate(values)]
 
 
 def offline_environment(mode: str) -> None:
