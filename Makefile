@@ -57,11 +57,14 @@ demo: setup
 # (results/table_{seqrec,ctr}.{md,csv}) and figures (results/figures/). PROFILE=default | paper
 # LAUNCHER: Hydra launcher of the multiruns; cpu2 (configs/hydra/launcher/cpu2.yaml) runs two jobs at a time with one
 # thread each, basic runs them one after the other (the paper profile's default: one GPU job at a time)
+# PROFILE=real_cpu: the real Games study (results/real_games/README.md): its CTR and SeqRec tables, sweeps and proxy
+# subsets (configs/experiment/*_real_cpu.yaml), then results/real_games/ (tables, figures, numbers.md)
+EXPERIMENTS = $(basename $(notdir $(wildcard configs/experiment/table_$(PROFILE).yaml   configs/experiment/table_$(PROFILE)_*.yaml configs/experiment/sweep_lambda_$(PROFILE).yaml   configs/experiment/sweep_budget_$(PROFILE).yaml configs/experiment/proxy_$(PROFILE).yaml)))
 reproduce-table: setup
-	$(PY) -m goracs -m experiment=table_$(PROFILE) hydra/launcher=$(LAUNCHER) $(EXTRA)
-	$(PY) -m goracs -m experiment=sweep_lambda_$(PROFILE) hydra/launcher=$(LAUNCHER) $(EXTRA)
-	$(PY) -m goracs -m experiment=sweep_budget_$(PROFILE) hydra/launcher=$(LAUNCHER) $(EXTRA)
+	@test -n "$(EXPERIMENTS)" || { echo "no experiments for PROFILE=$(PROFILE) in configs/experiment/"; exit 2; }
+	set -e; for e in $(EXPERIMENTS); do $(PY) -m goracs -m experiment=$$e hydra/launcher=$(LAUNCHER) $(EXTRA); done
 	$(PY) -m goracs stage=aggregate aggregate.profile=$(PROFILE) $(EXTRA)
+	@if [ "$(PROFILE)" = real_cpu ]; then $(PY) scripts/real_games_report.py; fi
 
 clean-cache:
 	rm -rf cache outputs multirun

@@ -60,3 +60,18 @@ def test_rank_auc_is_scikit_learns_with_ties():
     s = np.round(rng.random(500) + 0.3 * y, 2)  # rounding makes many ties
     assert auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert np.isnan(auc(np.ones(4), np.arange(4.0)))
+
+
+def test_spearman_interval_known_cases():
+    from scipy.stats import spearmanr
+
+    from goracs.report.stats import spearman_ci
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    rho, lo, hi = spearman_ci(x, 2 * x + 0.1 * rng.normal(size=40), n_resamples=500)
+    assert rho == pytest.approx(spearmanr(x, 2 * x + 0.1 * rng.normal(size=40)).statistic, abs=0.05)
+    assert 0.8 < lo <= rho <= hi <= 1.0
+    rho, lo, hi = spearman_ci(x, rng.normal(size=40), n_resamples=500)  # independent: the interval holds 0
+    assert lo < 0 < hi
+    assert np.isnan(spearman_ci([1.0, 2.0], [2.0, 1.0])[0])

@@ -24,12 +24,19 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 
 def metric_vs(runs: pd.DataFrame, x: str, metric: str, path: str | os.PathLike, title: str = "") -> Path:
-    """Mean (+- std over seeds) of `metric` against `x` (lam or budget), one line per selector."""
+    """Mean of `metric` against `x` (lam or budget), one line per selector, with the 95 % t interval over seeds
+    as error bars (none for a single seed)."""
+    from goracs.report.stats import mean_ci
+
     fig, ax = plt.subplots(figsize=(5, 3.5))
     df = runs.dropna(subset=[metric, x])
     for sel, part in df.groupby("selector"):
-        g = part.groupby(x)[metric].agg(["mean", "std"]).reset_index().sort_values(x)
-        ax.errorbar(g[x].astype(float), g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=sel)
+        rows = []
+        for xv, grp in part.groupby(x):
+            m, lo, hi = mean_ci(grp[metric].to_numpy(float))
+            rows.append((float(xv), m, 0.0 if np.isnan(lo) else m - lo, 0.0 if np.isnan(hi) else hi - m))
+        g = np.asarray(sorted(rows))
+        ax.errorbar(g[:, 0], g[:, 1], yerr=g[:, 2:].T, marker="o", capsize=3, label=sel)
     ax.set_xlabel({"lam": "lambda", "budget": "budget n"}.get(x, x))
     if x == "budget":
         ax.set_xscale("log", base=2)
@@ -55,17 +62,17 @@ def poo_descent(trajectories: dict[str, list[float]], path: str | os.PathLike) -
 
 def proxy_check(poo: np.ndarray, loss: np.ndarray, kinds: list[str], path: str | os.PathLike) -> Path:
     """POO of subsets against the test loss after fine-tuning on them (is POO a good proxy?)."""
-    from scipy.stats import spearmanr
-
     fig, ax = plt.subplots(figsize=(5, 3.5))
     kinds = np.asarray(kinds)
     for kind in sorted(set(kinds)):
         m = kinds == kind
         ax.scatter(np.asarray(poo)[m], np.asarray(loss)[m], label=kind, s=25)
-    rho = spearmanr(poo, loss).statistic if len(poo) > 2 else float("nan")
+    from goracs.report.stats import spearman_ci
+
+    rho, lo, hi = spearman_ci(poo, loss)
     ax.set_xlabel("POO of the subset")
     ax.set_ylabel("test loss after fine-tuning")
-    ax.set_title(f"Proxy check (Spearman {rho:.2f})")
+    ax.set_title(f"Proxy check: Spearman {rho:.2f} [{lo:.2f}, {hi:.2f}], {len(poo)} subsets", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -73,3 +73,23 @@ def paired_difference(labels: Sequence[int], scores_a: Sequence[Sequence[float]]
     res = stats.bootstrap((y, *A, *B), stat, paired=True, vectorized=False, n_resamples=n_resamples,
                           confidence_level=level, method="percentile", random_state=np.random.default_rng(seed))
     return stat(y, *A, *B), float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def spearman_ci(x: Sequence[float], y: Sequence[float], level: float = 0.95, n_resamples: int = 2000,
+                seed: int = 0) -> tuple[float, float, float]:
+    """(rho, low, high): Spearman's rank correlation of paired values (e.g. each fine-tuned subset's POO and its
+    test loss) and its percentile bootstrap interval over the pairs; (nan, nan, nan) with fewer than 3 pairs."""
+    from scipy import stats
+
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("spearman_ci: x and y must be equal-length 1-d sequences")
+    if a.size < 3:
+        return float("nan"), float("nan"), float("nan")
+
+    def rho(u, v):
+        return float(stats.spearmanr(u, v).statistic)
+
+    res = stats.bootstrap((a, b), rho, paired=True, vectorized=False, n_resamples=n_resamples,
+                          confidence_level=level, method="percentile", random_state=np.random.default_rng(seed))
+    return rho(a, b), float(res.confidence_interval.low), float(res.confidence_interval.high)

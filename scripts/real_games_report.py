@@ -1,0 +1,142 @@
+"""The real-data study's report (issue 16, profile real_cpu): from whatever runs have finished under outputs/,
+write into results/real_games/ the pilot table, the CTR and SeqRec tables (intervals, paired differences to random),
+the lambda and budget sweeps, the proxy check (Spearman with its interval) and the jobs' wall and CPU times.
+Rows say how many seeds they have, so a partial study reports what it has.
+
+  .venv/bin/python scripts/real_games_report.py            (bash scripts/real_games.sh report)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from goracs.io import write_text  # noqa: E402
+from goracs.report import plots  # noqa: E402
+from goracs.report.aggregate import collect, load_predictions, provenance, write_tables  # noqa: E402
+from goracs.report.stats import bootstrap_ci, mean_ci, spearman_ci  # noqa: E402
+
+
+def pilot_table(root: Path) -> str:
+    runs = collect([root]) if root.exists() else pd.DataFrame()
+    if runs.empty:
+        return "No pilot runs yet.\n"
+    lines = ["| run | coreset | AUC [95 % bootstrap over test samples] | log-loss | optimizer steps | best val loss "
+             "| wall s | CPU s |", "|---|---|---|---|---|---|---|---|"]
+    for r in runs.sort_values("budget").to_dict("records"):
+        steps = r.get("train_report.steps")
+        info = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
+        tr = info.get("train_report") or {}
+        steps = tr.get("steps")
+        label = "zero-shot (no fine-tuning)" if steps == 0 else (
+            "whole pool" if r["selector"] == "full" else f"{r['selector']}")
+        pred = load_predictions(r["run_dir"])
+        if pred and pred.get("p_yes"):
+            v, lo, hi = bootstrap_ci(pred["labels"], pred["p_yes"])
+            auc = f"{v:.4f} [{lo:.4f}, {hi:.4f}]"
+        else:
+            auc = f"{r['auc']:.4f}"
+        lines.append(f"| {label} | {int(r['budget'])} | {auc} | {r['logloss']:.4f} | {steps} | "
+                     f"{tr.get('best_val_loss') if tr.get('best_val_loss') is None else round(tr['best_val_loss'], 4)}"
+                     f" | {r.get('wall_seconds', float('nan')):.0f} | {r.get('cpu_seconds', float('nan')):.0f} |")
+    return provenance(runs, [root]) + "\n".join(lines) + "\n"
+
+
+def times_table(runs: pd.DataFrame) -> str:
+    if runs.empty or "wall_seconds" not in runs:
+        return "No runs yet.\n"
+    cols = {"wall_seconds": "wall s", "cpu_seconds": "CPU s"}
+    g = runs.groupby(["task", "selector", "budget"])[[c for c in cols if c in runs]].agg(["mean", "count"])
+    lines = ["| task | selector | budget | jobs | mean wall s | mean CPU s |", "|---|---|---|---|---|---|"]
+    for (task, sel, b), row in g.iterrows():
+        cpu = row[("cpu_seconds", "mean")] if ("cpu_seconds", "mean") in row else float("nan")
+        lines.append(f"| {task} | {sel} | {int(b)} | {int(row[('wall_seconds', 'count')])} | "
+                     f"{row[('wall_seconds', 'mean')]:.0f} | {cpu:.0f} |")
+    total_wall = runs["wall_seconds"].sum() / 3600
+    total_cpu = runs["cpu_seconds"].sum() / 3600 if "cpu_seconds" in runs else float("nan")
+    return "\n".join(lines) + f"\n\nAll {len(runs)} jobs: {total_wall:.1f} h wall, {total_cpu:.1f} CPU-hours.\n"
+
+
+def sweeps(sweep: pd.DataFrame, out: Path) -> list[str]:
+    notes = []
+    if sweep.empty:
+        return ["No sweep runs yet."]
+    ctr = sweep[sweep["task"] == "ctr"]
+    lam = ctr[(ctr["selector"] == "goracs") & (ctr["budget"] == 64)]
+    if lam["lam"].nunique() > 1:
+        plots.metric_vs(lam, "lam", "auc", out / "ctr_auc_vs_lambda.png", "real Games CTR: GORACS AUC against lambda")
+        rows = []
+        for v, part in lam.groupby("lam"):
+            m, lo, hi = mean_ci(part["auc"].to_numpy(float))
+            rows.append(f"| {v} | {m:.4f} [{lo:.4f}, {hi:.4f}] | {len(part)} |")
+        notes.append("| lambda | AUC [95 % t over seeds] | seeds |\n|---|---|---|\n" + "\n".join(rows))
+    bud = ctr[(ctr["selector"] == "random") | ((ctr["selector"] == "goracs") & (ctr["lam"].astype(float) == 0.5))]
+    if bud["budget"].nunique() > 1:
+        plots.metric_vs(bud, "budget", "auc", out / "ctr_auc_vs_budget.png",
+                        "real Games CTR: AUC against budget")
+        rows = []
+        for (sel, b), part in bud.groupby(["selector", "budget"]):
+            m, lo, hi = mean_ci(part["auc"].to_numpy(float))
+            rows.append(f"| {sel} | {int(b)} | {m:.4f} [{lo:.4f}, {hi:.4f}] | {len(part)} |")
+        notes.append("| selector | budget | AUC [95 % t over seeds] | seeds |\n|---|---|---|---|\n" + "\n".join(rows))
+    return notes
+
+
+def proxy(runs: pd.DataFrame, out: Path) -> str:
+    if runs.empty or "poo" not in runs:
+        return "No proxy-check values yet.\n"
+    part = runs[(runs["task"] == "ctr") & (runs["budget"] == 64)].dropna(subset=["poo", "test_loss"])
+    part = part.drop_duplicates(["selector", "lam", "seed", "poo"])
+    if len(part) < 3:
+        return f"{len(part)} subsets with POO and test loss so far: too few for a correlation.\n"
+    kinds = ["random" if s == "random" else ("GORACS" if str(s).startswith("goracs") else "other selectors")
+             for s in part["selector"]]
+    plots.proxy_check(part["poo"].to_numpy(float), part["test_loss"].to_numpy(float), kinds,
+                      out / "ctr_proxy_check.png")
+    rho, lo, hi = spearman_ci(part["poo"].to_numpy(float), part["test_loss"].to_numpy(float))
+    rnd = part[part["selector"] == "random"]
+    r2 = spearman_ci(rnd["poo"].to_numpy(float), rnd["test_loss"].to_numpy(float)) if len(rnd) >= 3 else None
+    text = (f"{len(part)} fine-tuned CTR subsets of 64 (every selector's table runs and the extra random seeds): "
+            f"Spearman correlation of POO (at lambda 0.5) and test loss {rho:.3f}, 95 % bootstrap interval over "
+            f"subsets [{lo:.3f}, {hi:.3f}].")
+    if r2 is not None:
+        text += (f" Random subsets alone ({len(rnd)}): {r2[0]:.3f} [{r2[1]:.3f}, {r2[2]:.3f}].")
+    return text + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--outputs", default=str(ROOT / "outputs"))
+    ap.add_argument("--results", default=str(ROOT / "results" / "real_games"))
+    args = ap.parse_args()
+    outputs, res = Path(args.outputs), Path(args.results)
+    figs = res / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    tables = [outputs / "table_real_cpu"]
+    if tables[0].exists():
+        write_tables(tables, res)
+    sweep = collect([outputs / "sweep_real_cpu"]) if (outputs / "sweep_real_cpu").exists() else pd.DataFrame()
+    all_roots = [p for p in (outputs / "table_real_cpu", outputs / "sweep_real_cpu", outputs / "proxy_real_cpu")
+                 if p.exists()]
+    runs = collect(all_roots) if all_roots else pd.DataFrame()
+    parts = ["# Real Games study: generated numbers", "",
+             "Written by `bash scripts/real_games.sh report` from the runs finished so far; the README reads them.", "",
+             "## Pilot", "", pilot_table(outputs / "pilot_real_cpu"), "## Sweeps", "",
+             "\n\n".join(sweeps(sweep, figs)), "", "## Proxy check", "", proxy(runs, figs),
+             "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])
+                                             if (outputs / "pilot_real_cpu").exists() else runs)]
+    write_text(res / "numbers.md", "\n".join(parts) + "\n")
+    print(f"wrote {res}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
