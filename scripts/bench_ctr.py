@@ -193,8 +193,8 @@ def main() -> int:
         f"Training keeps the padded batch (the prefix's LoRA activations need their gradients) and saves the head "
         f"at every position but the answer, forward and backward: {(body + head) / body:.2f}x fewer multiply-adds; "
         f"the plain step also writes and reads a batch x tokens x vocabulary float tensor of logits "
-        f"({8 * T_pad * model.get_base_model().config.vocab_size * 4 / 2**20:.0f} MiB a step), which costs memory "
-        f"traffic beyond its multiply-adds, so its measured ratio is higher.",
+        f"({8 * T_pad * model.get_base_model().config.vocab_size * 4 / 2**20:.0f} MiB a step), memory traffic "
+        f"beyond its multiply-adds.",
         "",
         f"Training losses per step (train mode, different dropout draws): plain {np.round(losses['plain'], 4).tolist()},"
         f" ours {np.round(losses['ours'], 4).tolist()}.",
