@@ -29,6 +29,10 @@ SIGNAL_SETTINGS: dict[str, tuple[str, ...]] = {
 # `signals` settings that change how fast a signal is computed, never its values.
 EXECUTION_ONLY: frozenset[str] = frozenset({"embed_batch_size", "grad_batch_size", "grad_shard_size",
                                             "el2n_batch_size", "device"})
+# Selector settings that change how a coreset is computed, never which one (the blocked cost storage is checked
+# exactly against the dense decisions): left out of the coreset's key, so a run that needed them reuses the
+# coresets of runs that did not. (The selector's `device` predates this list and stays in the key.)
+SELECTOR_EXECUTION_ONLY: frozenset[str] = frozenset({"cost_storage", "dense_max_gib", "chunk_rows"})
 # Which signal a selector's `needs` entry comes from.
 NEED_TO_SIGNAL = {"embeddings": "embeddings", "val_embeddings": "embeddings", "grad_norms": "grad_norms",
                   "el2n": "el2n"}

@@ -191,12 +191,12 @@ def sequence_signals(p: dict[str, Any]) -> dict[str, Any]:
 def select_key(cfg: DictConfig, p: dict[str, Any], needs) -> Any:
     """The coreset's derived key: the pool's and every used signal's keys, the resolved selector settings and the
     seed."""
-    from goracs.keys import NEED_TO_SIGNAL, derive
+    from goracs.keys import NEED_TO_SIGNAL, SELECTOR_EXECUTION_ONLY, derive
 
     kinds = sorted({NEED_TO_SIGNAL[n] for n in needs if n in NEED_TO_SIGNAL})
+    settings = {k: v for k, v in as_dict(cfg.selector).items() if k not in SELECTOR_EXECUTION_ONLY}
     return derive("select", [p["key"], *(signal_key(cfg, p, k) for k in kinds)],
-                  {"task": cfg.task.name, "selector": as_dict(cfg.selector), "seed": int(cfg.seed),
-                   "needs": sorted(needs)})
+                  {"task": cfg.task.name, "selector": settings, "seed": int(cfg.seed), "needs": sorted(needs)})
 
 
 def run_select(cfg: DictConfig, p: dict[str, Any]) -> dict[str, Any]:

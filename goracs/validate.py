@@ -195,7 +195,7 @@ def check_selector(r: _Report, cfg: DictConfig) -> tuple[str, ...]:
         _int(r, "selector.budget", budget, 1, " (training samples to select)")
     if "lam" in params and _own(node, "lam"):
         _lam(r, "selector.lam", params["lam"])
-    if name == "goracs":
+    if name == "goracs" or str(s.get("_target_", "")).endswith(".GoracsSelector"):  # GORACS and its variants
         from goracs.selection.label import LABEL_COSTS
         from goracs.selection.mi import MI_MODES
 

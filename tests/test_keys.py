@@ -67,6 +67,9 @@ def test_upstream_settings_change_the_coreset_key(tmp_path):
         r0["select"]
     # the prompt template is inside the prepared samples: it changes the pool and so every key
     assert _keys(tmp_path, "prompt=paper")["select"] != base["select"]
+    # how the cost is stored (dense or blocked, checked exactly) is not which coreset it gives; lambda is
+    assert _keys(tmp_path, "selector.cost_storage=blocked", "selector.dense_max_gib=1") == base
+    assert _keys(tmp_path, "selector.lam=0.1")["select"] != base["select"]
 
 
 @pytest.mark.slow

@@ -285,7 +285,8 @@ def test_config_keys():
     assert cfg["name"] == "goracs"
     assert cfg["_target_"] == "goracs.selection.goracs.GoracsSelector"
     rest = {k: v for k, v in cfg.items() if k not in ("name", "budget", "_target_")}
-    assert set(rest) == {"lam", "max_iters", "cut_num", "mi_estimate", "label_enhanced", "device", "label_cost"}
+    assert set(rest) == {"lam", "max_iters", "cut_num", "mi_estimate", "label_enhanced", "device", "label_cost",
+                         "cost_storage", "dense_max_gib"}
     # values may be interpolations resolved by Hydra from the task config; the literal ones must be accepted
     GoracsSelector(**{k: v for k, v in rest.items() if not (isinstance(v, str) and v.startswith("${"))})
 

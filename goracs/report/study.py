@@ -46,7 +46,7 @@ def run_aggregate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             b = part["budget"].mode().iloc[0]
             part = part[part["budget"] == b]
             if len(part) > 2:
-                kinds = ["random" if s == "random" else ("GORACS" if s == "goracs" else "other selectors")
+                kinds = ["random" if s == "random" else ("GORACS" if str(s).startswith("goracs") else "other selectors")
                          for s in part["selector"]]
                 made.append(plots.proxy_check(part["poo"].to_numpy(float), part["test_loss"].to_numpy(float),
                                               kinds, figs / f"{task}_proxy_check.png"))

@@ -61,15 +61,35 @@ def build_selector(selector_cfg: DictConfig | Mapping[str, Any]) -> tuple[str | 
     """(name, budget, selector) from a selector node: `name` and `budget` are dropped and the rest instantiated.
     The budget is returned as configured (the pipeline and goracs/validate.py check it)."""
     name, budget, settings = selector_settings(selector_cfg)
-    return name, budget, _instantiate(_target(selector_cfg, name), settings)
+    sel = _instantiate(_target(selector_cfg, name), settings)
+    if name and name != sel.name:  # a variant of a class under its own name (goracs_lam0): its reports carry it
+        sel.name = str(name)
+    return name, budget, sel
 
 
 def make_selector(name: str, **params: Any) -> Selector:
     """The selector of configs/selector/<name>.yaml (its `_target_` class) with the given settings, outside a Hydra
     run (e.g. on one's own data); settings not given take the class defaults, not the task-dependent values of the
     file (those interpolate the task config)."""
+    node = _selector_file(name)
+    sel = _instantiate(_target(node, name), params)
+    if node.get("name") and node.get("name") != sel.name:
+        sel.name = str(node.get("name"))
+    return sel
+
+
+def _selector_file(name: str):
+    """configs/selector/<name>.yaml with the files it extends (its `defaults` list, in order, `_self_` last unless
+    placed), as Hydra composes it."""
     path = CONFIG_DIR / "selector" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (CONFIG_DIR / "selector").glob("*.yaml"))
         raise SelectionError(f"unknown selector '{name}'; known: {known}")
-    return _instantiate(_target(OmegaConf.load(path), name), params)
+    node = OmegaConf.load(path)
+    defaults = list(node.pop("defaults", None) or [])
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    out = OmegaConf.create()
+    for d in defaults:
+        out = OmegaConf.merge(out, node if d == "_self_" else _selector_file(str(d)))
+    return out

@@ -40,6 +40,82 @@ def check_inputs(train_emb, val_emb, grad_norms) -> tuple[np.ndarray, np.ndarray
     return X, Y, g
 
 
+class _CostPlan:
+    """What both cost paths share: the validated inputs, the centred validation side, and the per-chunk
+    arithmetic. A chunk is rows [s, s + chunk_rows) with s a multiple of chunk_rows; the same chunk always gives
+    the same float32 values (the BLAS result of a row depends on the chunk it is computed in, so the blocked
+    path of goracs.selection.scale recomputes whole chunks, never single rows)."""
+
+    def __init__(self, train_emb, val_emb, grad_norms, lam, device, chunk_rows, scale_distances, grad_max):
+        X, Y, g = check_inputs(train_emb, val_emb, grad_norms)
+        if not np.isfinite(lam):
+            raise SelectionError(f"lambda must be finite, got {lam}")
+        if int(chunk_rows) < 1:
+            raise SelectionError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        self.X, self.lam, self.chunk_rows = X, float(lam), int(chunk_rows)
+        self.dev = resolve_device(device)
+        self.N, self.M = len(X), len(Y)
+        self.scale_distances = scale_distances
+        gmax = float(g.max()) if grad_max is None else float(grad_max)
+        if grad_max is not None and (not np.isfinite(gmax) or gmax < float(g.max())):
+            raise SelectionError(f"grad_max {grad_max} is below the largest gradient norm {float(g.max())}")
+        if gmax <= 0:
+            warnings.warn("all gradient norms are zero: the cost reduces to the distance term", stacklevel=3)
+            self.gs = np.zeros(self.N)
+        else:
+            self.gs = g / gmax
+        with torch.no_grad():
+            Yt = torch.as_tensor(np.ascontiguousarray(Y), device=self.dev).to(torch.float32)
+            # Centring on the validation mean reduces cancellation in |x|^2 + |y|^2 - 2 x.y (float32).
+            self.centre = Yt.mean(0, keepdim=True)
+            self.Yc = Yt - self.centre
+            self.y2 = (self.Yc * self.Yc).sum(1)
+
+    def starts(self, progress: bool = False, desc: str = "cost"):
+        it = range(0, self.N, self.chunk_rows)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, desc=desc, unit="chunk")
+        return it
+
+    def distances(self, s: int):
+        """Distances of chunk s (a float32 tensor on the device), rows s .. s + chunk_rows."""
+        e = min(self.N, s + self.chunk_rows)
+        with torch.no_grad():
+            Xc = torch.as_tensor(np.ascontiguousarray(self.X[s:e]), device=self.dev).to(torch.float32) - self.centre
+            d2 = torch.addmm(self.y2[None, :], Xc, self.Yc.T, beta=1.0, alpha=-2.0)
+            d2 += (Xc * Xc).sum(1, keepdim=True)
+            return d2.clamp_min_(0.0).sqrt_()
+
+    def set_range(self, rowmin: np.ndarray, rowmax: np.ndarray) -> None:
+        """The global normaliser from the per-row distance extremes of every chunk."""
+        dmax = float(rowmax.max()) if self.scale_distances else 1.0
+        if dmax <= 0:
+            warnings.warn("every train-validation distance is zero", stacklevel=3)
+            dmax = 1.0
+        # C~ = D/dmax - lam*g; its extremes come from the row extremes because g is constant along a row.
+        lo = rowmin / dmax - self.lam * self.gs
+        hi = rowmax / dmax - self.lam * self.gs
+        cmin, cmax = float(lo.min()), float(hi.max())
+        span = cmax - cmin
+        if span <= 0:
+            warnings.warn("the cost matrix is constant: every selection has the same POO", stacklevel=3)
+        self.dmax, self.cmin, self.span = dmax, cmin, span
+        self.shift = torch.as_tensor(self.lam * self.gs, dtype=torch.float64)
+
+    def normalise_(self, blk, s: int) -> None:
+        """Normalise a CPU float32 tensor of chunk s's distances in place (float64 arithmetic per chunk)."""
+        e = s + blk.shape[0]
+        with torch.no_grad():
+            if self.span > 0:
+                t = blk.to(self.dev, torch.float64) / self.dmax - self.shift[s:e, None].to(self.dev)
+                t.sub_(self.cmin).div_(self.span).clamp_(0.0, 1.0)
+                blk.copy_(t.to(torch.float32).cpu())
+                del t
+            else:
+                blk.zero_()
+
+
 def compute_cost(train_emb, val_emb, grad_norms, lam: float, *, device: str = "auto",
                  chunk_rows: int = 2048, out: np.ndarray | None = None, progress: bool = False,
                  scale_distances: bool = True, grad_max: float | None = None) -> np.ndarray:
@@ -48,70 +124,25 @@ def compute_cost(train_emb, val_emb, grad_norms, lam: float, *, device: str = "a
     `scale_distances=False` keeps the raw L2 distances (D instead of D / max D) and `grad_max` divides the
     gradient norms by a given maximum instead of their own (the authors' label-enhanced cost: raw within-class
     distances, gradients divided by the maximum over the whole pool, then min-max per class block)."""
-    X, Y, g = check_inputs(train_emb, val_emb, grad_norms)
-    if not np.isfinite(lam):
-        raise SelectionError(f"lambda must be finite, got {lam}")
-    dev = resolve_device(device)
-    N, M = len(X), len(Y)
+    plan = _CostPlan(train_emb, val_emb, grad_norms, lam, device, chunk_rows, scale_distances, grad_max)
+    N, M = plan.N, plan.M
     C = np.empty((N, M), dtype=np.float32) if out is None else out
     if C.shape != (N, M) or C.dtype != np.float32 or not C.flags.c_contiguous:
         raise SelectionError(f"out must be a C-contiguous float32 array of shape {(N, M)}")
-    gmax = float(g.max()) if grad_max is None else float(grad_max)
-    if grad_max is not None and (not np.isfinite(gmax) or gmax < float(g.max())):
-        raise SelectionError(f"grad_max {grad_max} is below the largest gradient norm {float(g.max())}")
-    if gmax <= 0:
-        warnings.warn("all gradient norms are zero: the cost reduces to the distance term", stacklevel=2)
-        gs = np.zeros(N)
-    else:
-        gs = g / gmax
+    rowmin = np.empty(N)
+    rowmax = np.empty(N)
+    # Pass 1: distances into C, with per-row min / max (enough to get the global normaliser later).
     with torch.no_grad():
-        Yt = torch.as_tensor(np.ascontiguousarray(Y), device=dev).to(torch.float32)
-        # Centring on the validation mean reduces cancellation in |x|^2 + |y|^2 - 2 x.y (float32).
-        centre = Yt.mean(0, keepdim=True)
-        Yc = Yt - centre
-        y2 = (Yc * Yc).sum(1)
-        rowmin = np.empty(N)
-        rowmax = np.empty(N)
-        it = range(0, N, chunk_rows)
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(it, desc="cost: distances", unit="chunk")
-        # Pass 1: distances into C, with per-row min / max (enough to get the global normaliser later).
-        for s in it:
-            e = min(N, s + chunk_rows)
-            Xc = torch.as_tensor(np.ascontiguousarray(X[s:e]), device=dev).to(torch.float32) - centre
-            d2 = torch.addmm(y2[None, :], Xc, Yc.T, beta=1.0, alpha=-2.0)
-            d2 += (Xc * Xc).sum(1, keepdim=True)
-            d = d2.clamp_min_(0.0).sqrt_()
+        for s in plan.starts(progress, "cost: distances"):
+            d = plan.distances(s)
+            e = s + d.shape[0]
             rowmin[s:e] = d.min(1).values.double().cpu().numpy()
             rowmax[s:e] = d.max(1).values.double().cpu().numpy()
             C[s:e] = d.cpu().numpy()
-            del Xc, d2, d
-        dmax = float(rowmax.max()) if scale_distances else 1.0
-        if dmax <= 0:
-            warnings.warn("every train-validation distance is zero", stacklevel=2)
-            dmax = 1.0
-        # C~ = D/dmax - lam*g; its extremes come from the row extremes because g is constant along a row.
-        lo = rowmin / dmax - lam * gs
-        hi = rowmax / dmax - lam * gs
-        cmin, cmax = float(lo.min()), float(hi.max())
-        span = cmax - cmin
-        if span <= 0:
-            warnings.warn("the cost matrix is constant: every selection has the same POO", stacklevel=2)
-        shift = torch.as_tensor(lam * gs, dtype=torch.float64)
-        it = range(0, N, chunk_rows)
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(it, desc="cost: normalise", unit="chunk")
-        # Pass 2, in place: float64 arithmetic per chunk, stored back as float32.
-        for s in it:
-            e = min(N, s + chunk_rows)
-            blk = torch.from_numpy(C[s:e])
-            if span > 0:
-                t = blk.to(dev, torch.float64) / dmax - shift[s:e, None].to(dev)
-                t.sub_(cmin).div_(span).clamp_(0.0, 1.0)
-                blk.copy_(t.to(torch.float32).cpu())
-                del t
-            else:
-                blk.zero_()
+            del d
+    plan.set_range(rowmin, rowmax)
+    # Pass 2, in place: float64 arithmetic per chunk, stored back as float32.
+    for s in plan.starts(progress, "cost: normalise"):
+        e = min(N, s + plan.chunk_rows)
+        plan.normalise_(torch.from_numpy(C[s:e]), s)
     return C

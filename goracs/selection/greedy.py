@@ -99,11 +99,11 @@ def _add(C, o, cur, assign, counts, picks, npick, selected):
 
 @nb.njit(cache=True)
 def _greedy_run(C, n, flag, lazy, cur, assign, counts, picks, npick, nserve, selected, hg, hi, hsize, gains,
-                max_steps):
+                max_steps, pgain):
     """Advance the greedy by at most max_steps picks. Returns (npick, nserve, hsize, status, evals).
 
     status: 0 = stopped by the rule, 1 = step budget used, 2 = stalled (no positive gain left past n),
-    3 = pool exhausted.
+    3 = pool exhausted. pgain[t] = the exact gain of pick t (at a stall: the best gain, at the stalled step).
     """
     N = C.shape[0]
     evals = 0
@@ -142,6 +142,7 @@ def _greedy_run(C, n, flag, lazy, cur, assign, counts, picks, npick, nserve, sel
                 if not selected[o] and gains[o] > bg:
                     bg = gains[o]
                     best = o
+        pgain[npick] = bg
         if npick >= n and bg <= 0.0:
             return npick, nserve, hsize, 2, evals
         nserve += _add(C, best, cur, assign, counts, picks, npick, selected)
@@ -149,16 +150,26 @@ def _greedy_run(C, n, flag, lazy, cur, assign, counts, picks, npick, nserve, sel
     return npick, nserve, hsize, 1, evals
 
 
-def greedy_init(C: np.ndarray, n: int, *, lazy: bool = True, progress: bool = False) -> tuple[np.ndarray, dict]:
-    """Stage 1 (method.md 3.1): greedy p-median build with the reference stopping rule; returns rows and info."""
+def greedy_init(C: np.ndarray, n: int, *, lazy: bool = True, progress: bool = False, first: int | None = None,
+                flag: bool | None = None, trace: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Stage 1 (method.md 3.1): greedy p-median build with the reference stopping rule; returns rows and info.
+
+    `first` (the first pick, the smallest row sum) and `flag` (more than n distinct column argmins) default to
+    their values on C; the blocked path (goracs.selection.scale) passes those of the whole pool when C holds a
+    subset of its rows. `trace`, a dict, receives the pick order and each pick's exact gain ("picks", "gains";
+    at a stall the last gain is that of the stalled step), which goracs.selection.scale checks rows against."""
     N, M = C.shape
     if not 0 < n <= N:
         raise SelectionError(f"greedy budget must be in [1, {N}], got {n}")
     t0 = time.perf_counter()
-    rowsum, carg = _scan(C)
-    # If the whole pool has at most n distinct nearest neighbours of validation points, the rule stops at n.
-    flag = len(np.unique(carg)) > n
-    first = int(np.argmin(rowsum))
+    if first is None or flag is None:
+        rowsum, carg = _scan(C)
+        # If the whole pool has at most n distinct nearest neighbours of validation points, the rule stops at n.
+        if flag is None:
+            flag = len(np.unique(carg)) > n
+        if first is None:
+            first = int(np.argmin(rowsum))
+    flag, first = bool(flag), int(first)
     cur = np.full(M, np.inf, np.float32)
     assign = np.full(M, -1, np.int64)
     counts = np.zeros(N, np.int64)
@@ -167,6 +178,7 @@ def greedy_init(C: np.ndarray, n: int, *, lazy: bool = True, progress: bool = Fa
     nserve = int(_add(C, first, cur, assign, counts, picks, 0, selected))
     npick = 1
     gains = np.empty(N)
+    pgain = np.full(N + 1, np.nan)
     evals = 0
     if lazy:
         # Exact gains w.r.t. the first pick seed the heap of upper bounds.
@@ -188,13 +200,17 @@ def greedy_init(C: np.ndarray, n: int, *, lazy: bool = True, progress: bool = Fa
     while status == 1:
         before = npick
         npick, nserve, hsize, status, ev = _greedy_run(C, n, flag, lazy, cur, assign, counts, picks, npick, nserve,
-                                                        selected, hg, hi, hsize, gains, 32)
+                                                        selected, hg, hi, hsize, gains, 32, pgain)
         evals += ev
         if bar is not None:
             bar.update(min(npick, n) - min(before, n))
     if bar is not None:
         bar.close()
     order = picks[:npick]
+    if trace is not None:
+        trace["picks"] = order.copy()
+        trace["gains"] = pgain[:npick + (status == 2)].copy()  # pgain[0] (the first pick) is NaN
+        trace["status"] = status
     serving = counts[order] > 0
     if not flag:
         rows = order[:n]

@@ -9,6 +9,7 @@ import numpy as np
 from goracs.selection.base import SelectionError
 from goracs.selection.cost import compute_cost
 from goracs.selection.refine import itra
+from goracs.selection.scale import choose_storage, itra_blocked
 
 
 def class_budgets(val_labels, n: int, train_labels=None) -> dict[int, int]:
@@ -73,13 +74,16 @@ LABEL_COSTS = ("authors", "block")
 
 
 def label_enhanced_itra(train_emb, val_emb, grad_norms, labels, val_labels, n: int, *, lam: float,
-                        device: str = "cpu", chunk_rows: int = 2048, label_cost: str = "authors", **itra_kwargs):
+                        device: str = "cpu", chunk_rows: int = 2048, label_cost: str = "authors",
+                        cost_storage: str = "dense", dense_max_gib: float = 8.0, **itra_kwargs):
     """Run ITRA on each (T_c x V_c) block with the cost re-normalised inside the block; return the union.
 
     label_cost="authors" (default, as their LabelEnhancedITRA): raw within-class L2 distances and gradient norms
     divided by their maximum over the whole pool, C~ = D - lam * g / max_T g, then min-max inside the block.
     label_cost="block": the method.md 2 cost computed inside the block (distances divided by the block's maximum
-    distance, gradient norms by the block's maximum), then min-max inside the block."""
+    distance, gradient norms by the block's maximum), then min-max inside the block.
+    cost_storage (auto | dense | blocked, chosen per block: goracs.selection.scale) changes memory and time, not
+    the result."""
     if label_cost not in LABEL_COSTS:
         raise SelectionError(f"label_cost must be one of {LABEL_COSTS}, got {label_cost!r}")
     yt = np.asarray(labels).reshape(-1)
@@ -103,13 +107,17 @@ def label_enhanced_itra(train_emb, val_emb, grad_norms, labels, val_labels, n: i
             picked.append(tidx)
             per_class[c] = {"budget": nc, "pool": len(tidx), "whole_class": True}
             continue
-        if label_cost == "authors":
-            C = compute_cost(X[tidx], Y[vidx], g[tidx], lam, device=device, chunk_rows=chunk_rows,
-                             scale_distances=False, grad_max=gpool if gpool > 0 else None)
+        ckw = (dict(scale_distances=False, grad_max=gpool if gpool > 0 else None) if label_cost == "authors"
+               else {})
+        storage = choose_storage(cost_storage, len(tidx), len(vidx), dense_max_gib)
+        if storage == "blocked":
+            rows, rep = itra_blocked(X[tidx], Y[vidx], g[tidx], lam, nc, device=device, chunk_rows=chunk_rows,
+                                     **ckw, **itra_kwargs)
         else:
-            C = compute_cost(X[tidx], Y[vidx], g[tidx], lam, device=device, chunk_rows=chunk_rows)
-        rows, rep = itra(C, nc, **itra_kwargs)
-        del C
+            C = compute_cost(X[tidx], Y[vidx], g[tidx], lam, device=device, chunk_rows=chunk_rows, **ckw)
+            rows, rep = itra(C, nc, **itra_kwargs)
+            del C
+        rep["cost_storage"] = storage
         picked.append(tidx[rows])
         rep.update({"budget": nc, "pool": len(tidx), "n_val": len(vidx)})
         per_class[c] = rep

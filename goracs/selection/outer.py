@@ -117,7 +117,9 @@ class _LazyOuter:
         self.fs[0] = f
         self.nf = 1
         self.full += 1
-        return np.argsort(self.scores, kind="stable")[:k]
+        top = np.argsort(self.scores, kind="stable")[:k]
+        self.top_scores = self.scores[top]
+        return top
 
     def _row_bound_setup(self, f, epochs=None):
         """Per epoch: the L columns where f rose most, candidate shifts c, and the sum of max(b_j, 0) over
@@ -244,4 +246,5 @@ class _LazyOuter:
         if len(rows) > N // 2:
             self.scores = None
         sel = np.lexsort((rows, ex))[:k]
+        self.top_scores = ex[sel]  # the exact scores of the rows returned, in their order
         return rows[sel]

@@ -27,11 +27,15 @@ ACCEPT_TOL = 1e-12  # an exchange must lower the POO by more than this (guards a
 
 
 def refine(C: np.ndarray, rows: np.ndarray, *, max_iters: int = 100, cut_num: int = 30, mi_estimate: str = "tight",
-           screen: bool = True, verify: bool = False, progress: bool = False) -> tuple[np.ndarray, dict]:
+           screen: bool = True, verify: bool = False, progress: bool = False,
+           trace: dict | None = None) -> tuple[np.ndarray, dict]:
     """Stage 2 (method.md 3.2-3.3): first-improvement exchanges ranked by the MI estimate; exact POO each time.
 
     mi_estimate="reference" hands over to reference.refine_reference (the authors' decisions; `rows` is then
-    taken as their ordered list)."""
+    taken as their ordered list). `trace`, a dict (tight mode), receives per round the duals' c-transform f
+    ("f", rounds x M) and the last outer candidate with its score ("tau", "tau_row"): a row outside C that
+    scores above it (or equal, with a larger index) could not have entered that round's candidates
+    (goracs.selection.scale checks the rows it left out against them)."""
     if mi_estimate not in MI_MODES:
         raise SelectionError(f"mi_estimate must be one of {MI_MODES}, got {mi_estimate!r}")
     if mi_estimate == "reference":
@@ -66,6 +70,10 @@ def refine(C: np.ndarray, rows: np.ndarray, *, max_iters: int = 100, cut_num: in
         in_s[es.rows] = True
         n_out = min(cut_num, N - n)
         outer = lazy.top(f1, in_s, n_out)  # most promising (lowest estimate) first
+        if trace is not None:
+            trace.setdefault("f", []).append(f1.copy())
+            trace.setdefault("tau", []).append(float(lazy.top_scores[-1]) if len(outer) else np.inf)
+            trace.setdefault("tau_row", []).append(int(outer[-1]) if len(outer) else -1)
         inner_sc = _inner_scores(C, es.rows, f1, f2, arg, cnt, R, False, True)
         keep = np.argsort(inner_sc, kind="stable")[-min(cut_num, n):]  # the cut_num highest: cheapest to remove
         inner_slots = keep[::-1]  # most removable first
@@ -128,12 +136,22 @@ def itra(C: np.ndarray, n: int, *, max_iters: int = 100, cut_num: int = 30, mi_e
     if n >= N:
         warnings.warn(f"budget {n} >= pool size {N}: returning the whole pool", stacklevel=2)
         return np.arange(N), {"whole_pool": True}
+    return itra_traced(C, n, max_iters=max_iters, cut_num=cut_num, mi_estimate=mi_estimate, screen=screen,
+                       verify=verify, progress=progress)
+
+
+def itra_traced(C: np.ndarray, n: int, *, max_iters: int = 100, cut_num: int = 30, mi_estimate: str = "tight",
+                screen: bool = True, verify: bool = False, progress: bool = False, first: int | None = None,
+                flag: bool | None = None, greedy_trace: dict | None = None,
+                refine_trace: dict | None = None) -> tuple[np.ndarray, dict]:
+    """itra for n < rows of C, with greedy_init's first / flag / trace and refine's trace (tight mode), which
+    goracs.selection.scale uses when C holds a subset of the pool's rows."""
     if mi_estimate == "reference":
         rows, info = greedy_reference(C, n, progress=progress)  # the authors' float32 gains, pick order kept
     else:
-        rows, info = greedy_init(C, n, lazy=True, progress=progress)
+        rows, info = greedy_init(C, n, lazy=True, progress=progress, first=first, flag=flag, trace=greedy_trace)
     rows, rep = refine(C, rows, max_iters=max_iters, cut_num=cut_num, mi_estimate=mi_estimate, screen=screen,
-                       verify=verify, progress=progress)
+                       verify=verify, progress=progress, trace=refine_trace)
     info.update(rep)
     info["poo_greedy"] = rep["poo_trajectory"][0]
     info["poo_final"] = rep["poo_trajectory"][-1]
