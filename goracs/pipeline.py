@@ -289,6 +289,7 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any]) ->
     cache = stage_cache(cfg)
     with cache.lock("evaluate", key):
         if not cache.done("evaluate", key):
+            t, c = time.perf_counter(), time.process_time()
             model, tok = _trained_model(cfg, trained)
             model.eval()
             if cfg.task.name == "ctr":
@@ -301,6 +302,8 @@ def run_evaluate(cfg: DictConfig, p: dict[str, Any], trained: dict[str, Any]) ->
                 base, _ = base_model(cfg)
                 metrics = evaluate_seqrec(model, base, tok, p["test"], p["catalogue"], eval_settings(cfg),
                                           cache_dir=Path(cfg.paths.cache_dir) / "catalogue")
+            metrics["eval_seconds"] = time.perf_counter() - t
+            metrics["eval_cpu_seconds"] = time.process_time() - c
             with cache.build("evaluate", key) as tmp:
                 write_json(tmp / "metrics.json", metrics)
     return json.loads((cache.path("evaluate", key) / "metrics.json").read_text())
@@ -444,6 +447,14 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                   "lam": cfg.selector.get("lam"), "seed": int(cfg.seed),
                   "n_train_pool": len(p["train"]), "n_test": len(p["test"]), **scalars,
                   "select_seconds": sel["report"].get("select_seconds"),
+                  # what each stage cost when it was built (a job that found a stage cached took less itself)
+                  "stage_seconds": {"select": sel["report"].get("select_seconds"),
+                                    "train_wall": trained["report"].get("wall_s"),
+                                    "train_cpu": trained["report"].get("cpu_s"),
+                                    "evaluate_wall": metrics.get("eval_seconds"),
+                                    "evaluate_cpu": metrics.get("eval_cpu_seconds"),
+                                    "proxy_wall": metrics.get("proxy_seconds")},
+                  "train_cached": bool(trained["report"].get("cached", False)),
                   "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
                   "train_report": {k: v for k, v in trained["report"].items() if not isinstance(v, (list, dict))},
                   "selection_report": {k: v for k, v in sel["report"].items() if not isinstance(v, (list, dict))},

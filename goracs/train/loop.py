@@ -105,7 +105,7 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
             return peft_model, {**old, "resumed": True}
         log.warning("%s holds a run with another config or data: retraining", out_dir)
 
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     world_guess = int(os.environ.get("WORLD_SIZE", "1"))
     micro = int(c["micro_batch_size"])
     accum = max(1, int(c["batch_size"]) // (micro * world_guess))
@@ -293,6 +293,7 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
         "eval_every_steps": eval_every, "initial_val_loss": init_loss, "best_val_loss": best,
         "best_step": best_step, "stopped_early": stopped_early, "n_truncated": n_trunc,
         "n_truncated_val": n_trunc_val, "trainable_params": int(n_trainable), "wall_s": round(time.time() - t0, 2),
+        "cpu_s": round(time.process_time() - c0, 2),
         "adapter_dir": str(adapter_dir), "adapter": adapter_info, "history": history, "resumed": False,
         "distributed_type": str(acc.distributed_type), "in_memory_is_best": not sharded,
         "config": {k: v for k, v in c.items() if k != "task_overrides"},
