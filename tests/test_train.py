@@ -203,3 +203,19 @@ def test_bad_inputs_fail_clearly(tmp_path, tiny_cfg):
     with pytest.raises(DataError, match="duplicate"):
         select_coreset(df, np.array([1, 1]))
     assert list(select_coreset(df, np.array([2, 0])).index) == [2, 0]
+
+
+def test_two_runs_in_one_process_may_use_different_mixed_precision(tmp_path):
+    """accelerate keeps a process-wide state; a second run with another mixed precision (a Hydra multirun with the
+    basic launcher, a test session) must not be refused."""
+    from goracs.models import tiny_llama
+    from goracs.train import train_config, train_lora
+
+    df, val = ctr_df(8, seed=1), ctr_df(4, seed=2)
+    reports = []
+    for mp in ("no", "bf16"):
+        model, tok = tiny_llama(seed=3)
+        cfg = {**train_config(tiny_train_config(), "ctr"), "max_steps": 1, "mixed_precision": mp}
+        reports.append(train_lora(model, tok, df, val, "ctr", cfg, tmp_path / mp)[1])
+    assert [r["config"]["mixed_precision"] for r in reports] == ["no", "bf16"]
+    assert all(r["steps"] == 1 for r in reports)

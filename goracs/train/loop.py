@@ -111,6 +111,13 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
     accum = max(1, int(c["batch_size"]) // (micro * world_guess))
     from accelerate.utils import DistributedType
 
+    if world_guess == 1:
+        # accelerate keeps one process-wide state: a second run in the same process (a Hydra multirun with the basic
+        # launcher, a notebook, a test session) with another mixed precision or device would be refused. One process
+        # alone has nothing to keep in sync, so each run starts from a fresh state.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     acc = Accelerator(cpu=str(c["device"]) == "cpu", mixed_precision=c["mixed_precision"])
     world = acc.num_processes
     is_ds = acc.distributed_type == DistributedType.DEEPSPEED
