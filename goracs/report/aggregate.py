@@ -154,8 +154,8 @@ def significant_best(runs: pd.DataFrame, summary: pd.DataFrame, task: str, metri
             order = part.sort_values(f"{m}_mean", ascending=not metric(m).higher_is_better)
             best = order.iloc[0]
             label = _label(best)
-            if len(order) < 2:
-                out[(ds, m)] = label
+            if len(order) < 2:  # nothing to be better than
+                out[(ds, m)] = None
                 continue
             second = order.iloc[1]
 
