@@ -87,6 +87,22 @@ class _CostPlan:
             d2 += (Xc * Xc).sum(1, keepdim=True)
             return d2.clamp_min_(0.0).sqrt_()
 
+    def fit_range(self, progress: bool = False, desc: str = "cost: distances", into: np.ndarray | None = None) -> None:
+        """One streaming pass over the distance chunks: per-row min / max, then the global normaliser (set_range);
+        `into` (N x M float32) also receives the raw distances (the dense path's first pass)."""
+        rowmin = np.empty(self.N)
+        rowmax = np.empty(self.N)
+        with torch.no_grad():
+            for s in self.starts(progress, desc):
+                d = self.distances(s)
+                e = s + d.shape[0]
+                rowmin[s:e] = d.min(1).values.double().cpu().numpy()
+                rowmax[s:e] = d.max(1).values.double().cpu().numpy()
+                if into is not None:
+                    into[s:e] = d.cpu().numpy()
+                del d
+        self.set_range(rowmin, rowmax)
+
     def set_range(self, rowmin: np.ndarray, rowmax: np.ndarray) -> None:
         """The global normaliser from the per-row distance extremes of every chunk."""
         dmax = float(rowmax.max()) if self.scale_distances else 1.0
@@ -129,18 +145,8 @@ def compute_cost(train_emb, val_emb, grad_norms, lam: float, *, device: str = "a
     C = np.empty((N, M), dtype=np.float32) if out is None else out
     if C.shape != (N, M) or C.dtype != np.float32 or not C.flags.c_contiguous:
         raise SelectionError(f"out must be a C-contiguous float32 array of shape {(N, M)}")
-    rowmin = np.empty(N)
-    rowmax = np.empty(N)
-    # Pass 1: distances into C, with per-row min / max (enough to get the global normaliser later).
-    with torch.no_grad():
-        for s in plan.starts(progress, "cost: distances"):
-            d = plan.distances(s)
-            e = s + d.shape[0]
-            rowmin[s:e] = d.min(1).values.double().cpu().numpy()
-            rowmax[s:e] = d.max(1).values.double().cpu().numpy()
-            C[s:e] = d.cpu().numpy()
-            del d
-    plan.set_range(rowmin, rowmax)
+    # Pass 1: distances into C, with per-row min / max (enough to get the global normaliser).
+    plan.fit_range(progress, "cost: distances", into=C)
     # Pass 2, in place: float64 arithmetic per chunk, stored back as float32.
     for s in plan.starts(progress, "cost: normalise"):
         e = min(N, s + plan.chunk_rows)

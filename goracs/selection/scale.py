@@ -29,7 +29,6 @@ import warnings
 
 import numba as nb
 import numpy as np
-import torch
 
 from goracs.selection.base import SelectionError
 from goracs.selection.cost import _CostPlan
@@ -234,17 +233,7 @@ def itra_blocked(train_emb, val_emb, grad_norms, lam: float, n: int, *, device: 
         raise SelectionError(f"per_column must be >= 1, got {per_column}")
     times = {}
     # Pass A: the normaliser.
-    rowmin = np.empty(N)
-    rowmax = np.empty(N)
-    with torch.no_grad():
-        for s in plan.starts(progress, "blocked cost: range"):
-            d = plan.distances(s)
-            e = s + d.shape[0]
-            rowmin[s:e] = d.min(1).values.double().cpu().numpy()
-            rowmax[s:e] = d.max(1).values.double().cpu().numpy()
-            del d
-    plan.set_range(rowmin, rowmax)
-    del rowmin, rowmax
+    plan.fit_range(progress, "blocked cost: range")
     times["pass_range_s"] = time.perf_counter() - t0
     # Pass B: row sums, column argmins, the pool.
     t1 = time.perf_counter()
