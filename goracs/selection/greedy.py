@@ -18,21 +18,30 @@ from goracs.selection.base import SelectionError
 
 
 @nb.njit(cache=True)
+def _scan_rows(B, s, rowsum, cmin, carg):
+    """Rows s .. s + len(B) of the cost (B holds them): their float64 sums into rowsum, and per column the first
+    row attaining the minimum so far (cmin / carg carry the state of earlier rows, so chunks scanned in order give
+    the same result as one scan of the whole matrix)."""
+    m, M = B.shape
+    for i in range(m):
+        t = 0.0
+        for j in range(M):
+            c = B[i, j]
+            t += c
+            if c < cmin[j]:
+                cmin[j] = c
+                carg[j] = s + i
+        rowsum[s + i] = t
+
+
+@nb.njit(cache=True)
 def _scan(C):
     """Row sums (float64) and, per column, the first row attaining the column minimum."""
     N, M = C.shape
     rs = np.zeros(N)
     cmin = np.full(M, np.inf, np.float32)
     carg = np.zeros(M, np.int64)
-    for i in range(N):
-        s = 0.0
-        for j in range(M):
-            c = C[i, j]
-            s += c
-            if c < cmin[j]:
-                cmin[j] = c
-                carg[j] = i
-        rs[i] = s
+    _scan_rows(C, 0, rs, cmin, carg)
     return rs, carg
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from goracs.selection.base import SelectionError
 from goracs.selection.cost import _CostPlan
-from goracs.selection.greedy import _gain
+from goracs.selection.greedy import _gain, _scan_rows
 from goracs.selection.mi import _mi_from_d_y, _mi_tight_row_y
 from goracs.selection.ot import ceil_div
 from goracs.selection.outer import _shift_slack
@@ -58,22 +58,6 @@ def _exact_chunk(plan: _CostPlan, s: int) -> np.ndarray:
     blk = plan.distances(s).cpu().contiguous()  # on the CPU the tensor itself; from cuda a copy
     plan.normalise_(blk, s)
     return blk.numpy()
-
-
-@nb.njit(cache=True)
-def _scan_chunk(B, s, rowsum, cmin, carg):
-    """greedy._scan over the rows of one chunk (global offset s), continuing the column state of the earlier
-    chunks: the same row sums and first column argmins as _scan over the whole matrix."""
-    m, M = B.shape
-    for i in range(m):
-        t = 0.0
-        for j in range(M):
-            c = B[i, j]
-            t += c
-            if c < cmin[j]:
-                cmin[j] = c
-                carg[j] = s + i
-        rowsum[s + i] = t
 
 
 @nb.njit(cache=True)
@@ -244,7 +228,7 @@ def itra_blocked(train_emb, val_emb, grad_norms, lam: float, n: int, *, device: 
     best_row, best_sum = None, np.inf
     for s in plan.starts(progress, "blocked cost: pool"):
         B = _exact_chunk(plan, s)
-        _scan_chunk(B, s, rowsum, cmin, carg)
+        _scan_rows(B, s, rowsum, cmin, carg)
         e = s + len(B)
         i = int(np.argmin(rowsum[s:e]))
         if rowsum[s + i] < best_sum:  # strict: the first row with the smallest sum, as np.argmin
