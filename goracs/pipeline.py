@@ -87,9 +87,13 @@ def _key_part(train: dict[str, Any]) -> dict[str, Any]:
 
 
 def eval_settings(cfg: DictConfig, for_key: bool = False) -> dict[str, Any]:
-    """The `eval` group with the run's thread setting (left out of a key: speed only)."""
+    """The `eval` group with the run's thread setting (left out of a key: speed only). The run's `progress=false`
+    silences the evaluation's bars too; the key keeps `eval.progress` as configured (it always has, and changing
+    it would orphan every cached evaluation)."""
     e = {**as_dict(cfg.eval), "num_threads": cfg.get("threads")}
-    return {k: v for k, v in e.items() if k != "num_threads"} if for_key else e
+    if for_key:
+        return {k: v for k, v in e.items() if k != "num_threads"}
+    return {**e, "progress": bool(e.get("progress", True)) and bool(cfg.get("progress", True))}
 
 
 def signal_key(cfg: DictConfig, p: dict[str, Any], kind: str):
@@ -154,7 +158,7 @@ def _build_el2n(cfg: DictConfig, p: dict[str, Any], key: dict, cache: StageCache
         tcfg = {**train_settings(cfg), "epochs": warm}
         model, _ = train_lora(model, tok, sub, p["valid"], cfg.task.name, tcfg,
                               cache.path("el2n", key).with_name(cache.path("el2n", key).name + ".warmup"),
-                              init_adapter=init_adapter(cfg))
+                              init_adapter=init_adapter(cfg), progress=bool(cfg.get("progress", True)))
     scores = el2n_scores(model, tok, p["train"], cfg.task.name, batch_size=int(s.el2n_batch_size),
                          max_len=int(s.max_len), progress=bool(cfg.progress))
     with cache.build("el2n", key) as tmp:
@@ -254,7 +258,7 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
         # trained in the stage's temporary folder and renamed into place complete (a killed run leaves nothing)
         with cache.build("train", key) as tmp:
             model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, tcfg, tmp, logger=logger,
-                                       init_adapter=init_adapter(cfg))
+                                       init_adapter=init_adapter(cfg), progress=bool(cfg.get("progress", True)))
             report["adapter_dir"] = str(out / "adapter")
             write_json(tmp / "train_report.json", report)
     return {"key": key, "stage_key": tkey, "path": out, "model": model, "tokenizer": tok, "report": report}

@@ -107,3 +107,12 @@ def test_a_skipped_finished_job_keeps_its_run_info(tmp_path):
     again = run(cfg, out)
     assert again == json.loads((out / "metrics.json").read_text())
     assert info.read_text() == kept  # not rewritten by the skipped job
+
+
+def test_progress_false_silences_the_evaluation_bars_without_changing_its_key(tmp_path):
+    from goracs.pipeline import eval_settings
+
+    on, off = config(tmp_path, "progress=true"), config(tmp_path, "progress=false")
+    assert eval_settings(on)["progress"] is True and eval_settings(off)["progress"] is False
+    assert eval_settings(on, for_key=True) == eval_settings(off, for_key=True)
+    assert eval_settings(config(tmp_path, "progress=true", "eval.progress=false"))["progress"] is False

@@ -62,7 +62,7 @@ def _lora_state(model) -> dict[str, torch.Tensor]:
 
 
 def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir: str | os.PathLike,
-               logger=None, init_adapter: str | os.PathLike | None = None):
+               logger=None, init_adapter: str | os.PathLike | None = None, progress: bool = True):
     """Fine-tune LoRA on train_df with early stopping on val_df; return (peft_model, report).
 
     The best adapter (lowest validation loss) is saved under out_dir/adapter and checked non-empty; a
@@ -214,7 +214,7 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
     best, best_step, best_state, bad_evals = math.inf, 0, None, 0
     step, stopped_early, running, running_n = 0, False, 0.0, 0
     ddp_model.train()
-    bar = tqdm(total=total_steps, desc=f"train {task}", disable=not acc.is_local_main_process)
+    bar = tqdm(total=total_steps, desc=f"train {task}", disable=not (progress and acc.is_local_main_process))
     done = False
     for epoch in range(int(c["epochs"])):
         for i, batch in enumerate(train_dl):
