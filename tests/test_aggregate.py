@@ -80,10 +80,12 @@ def test_provenance_reads_the_commits_of_the_runs(tmp_path):
     fake_runs(tmp_path / "runs")
     for k, d in enumerate(sorted((tmp_path / "runs").glob("run*_ctr"))):
         git = {"commit": "abcdef1234567890", "dirty": k == 0}
-        (d / "run_info.json").write_text(json.dumps({"seed": 0, "git": git}))
+        argv = ["/x/goracs/__main__.py", "-m", "experiment=table_x", "seed=0,1,2"]
+        (d / "run_info.json").write_text(json.dumps({"seed": 0, "git": git, "argv": argv}))
     write_tables([tmp_path / "runs"], tmp_path / "results")
     md = (tmp_path / "results" / "table_ctr.md").read_text()
-    assert "code commit(s) abcdef1, abcdef1+dirty." in md
+    assert "code commit(s) abcdef1, abcdef1+dirty. Command(s):\n- `python -m goracs -m experiment=table_x seed=0,1,2`" in md
+    assert "Command" not in (tmp_path / "results" / "table_seqrec.md").read_text()  # its runs record no argv
 
 
 def test_a_task_without_runs_keeps_its_table(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from pathlib import Path
 from typing import Iterable
 
@@ -263,23 +264,28 @@ def to_markdown(summary: pd.DataFrame, task: str, paired: pd.DataFrame | None = 
 
 
 def provenance(runs: pd.DataFrame, roots: Iterable[str | os.PathLike]) -> str:
-    """One line saying where a table comes from: run count, folders, seeds, and the commits of the runs (read
-    from each run's run_info.json; '+dirty' when a run came from a checkout with uncommitted changes)."""
+    """Where a table comes from: run count, folders, seeds, the commits of the runs (read from each run's
+    run_info.json; '+dirty' when a run came from a checkout with uncommitted changes) and the commands that ran
+    them (the recorded argv as `python -m goracs ...`; a multirun's jobs share one)."""
     if runs.empty:
         return ""
-    commits = set()
+    commits, commands = set(), set()
     for d in runs["run_dir"]:
         info = Path(d) / "run_info.json"
         try:
-            git = json.loads(info.read_text()).get("git") or {}
+            rec = json.loads(info.read_text())
         except (OSError, json.JSONDecodeError):
-            git = {}
+            rec = {}
+        git = rec.get("git") or {}
         c = git.get("commit")
         commits.add(f"{c[:7]}{'+dirty' if git.get('dirty') else ''}" if c else "unknown")
+        if rec.get("argv"):
+            commands.add("python -m goracs " + " ".join(shlex.quote(str(a)) for a in rec["argv"][1:]))
     seeds = sorted({int(s) for s in runs["seed"].dropna()}) if "seed" in runs else []
     folders = ", ".join(f"`{Path(r).name}/`" for r in roots)
+    cmd = "".join(f"\n- `{c}`" for c in sorted(commands))
     return (f"From {len(runs)} runs in {folders}; seeds {', '.join(map(str, seeds)) or '-'}; "
-            f"code commit(s) {', '.join(sorted(commits))}.\n\n")
+            f"code commit(s) {', '.join(sorted(commits))}." + (f" Command(s):{cmd}" if cmd else "") + "\n\n")
 
 
 def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
