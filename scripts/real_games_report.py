@@ -94,12 +94,22 @@ def times_table(runs: pd.DataFrame) -> str:
             "wall time includes waiting for the other job on the 2 cores)." + missing + "\n")
 
 
-def sweeps(sweep: pd.DataFrame, out: Path) -> list[str]:
+def lambda_curve(runs: pd.DataFrame) -> pd.DataFrame:
+    """GORACS's CTR runs at budget 64 for every lambda, one per (lambda, seed): the sweep's lambdas and the table's
+    goracs (0.5) and goracs_lam0 (0) rows, all under the name goracs."""
+    if runs.empty:
+        return runs
+    ctr = runs[(runs["task"] == "ctr") & (runs["budget"] == 64) & runs["selector"].isin(["goracs", "goracs_lam0"])]
+    ctr = ctr.assign(selector="goracs", lam=ctr["lam"].astype(float))
+    return ctr.drop_duplicates(subset=["lam", "seed"])
+
+
+def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None) -> list[str]:
     notes = []
     if sweep.empty:
         return ["No sweep runs yet."]
     ctr = sweep[sweep["task"] == "ctr"]
-    lam = ctr[(ctr["selector"] == "goracs") & (ctr["budget"] == 64)]
+    lam = lambda_curve(pd.concat([sweep, table]) if table is not None and not table.empty else sweep)
     if lam["lam"].nunique() > 1:
         plots.metric_vs(lam, "lam", "auc", out / "ctr_auc_vs_lambda.png", "real Games CTR: GORACS AUC against lambda")
         rows = []
@@ -125,7 +135,9 @@ def proxy(runs: pd.DataFrame, out: Path) -> str:
     part = runs[(runs["task"] == "ctr") & (runs["budget"] == 64)].dropna(subset=["poo", "test_loss"])
     # one point per distinct subset: a deterministic selector (GORACS) gives every seed the same coreset, which is
     # then fine-tuned with different seeds; its test loss is the mean over those fine-tunes
-    part = part.assign(lam=part["lam"].astype(str)).groupby(["selector", "lam", "poo"], as_index=False).agg(
+    # (lam is None for selectors without one: "-", since pandas' str dtype would keep it missing and groupby drop it)
+    lam = part["lam"].astype(object).where(part["lam"].notna(), "-").map(str)
+    part = part.assign(lam=lam).groupby(["selector", "lam", "poo"], as_index=False).agg(
         test_loss=("test_loss", "mean"), fine_tunes=("seed", "count"))
     if len(part) < 3:
         return (f"{len(part)} distinct subsets with POO and test loss so far ({int(part['fine_tunes'].sum())} "
@@ -164,7 +176,7 @@ def main() -> int:
     parts = ["# Real Games study: generated numbers", "",
              "Written by `bash scripts/real_games.sh report` from the runs finished so far; the README reads them.", "",
              "## Pilot", "", pilot_table(outputs / "pilot_real_cpu"), "## Sweeps", "",
-             "\n\n".join(sweeps(sweep, figs)), "", "## Proxy check", "", proxy(runs, figs),
+             "\n\n".join(sweeps(sweep, figs, collect(tables) if tables[0].exists() else None)), "", "## Proxy check", "", proxy(runs, figs),
              "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])
                                              if (outputs / "pilot_real_cpu").exists() else runs)]
     write_text(res / "numbers.md", "\n".join(parts) + "\n")

@@ -302,8 +302,8 @@ def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike)
             names = [c[:-5] for c in s.columns if c.endswith("_mean")]
             paired = paired_vs(runs, task, names)
             best = significant_best(runs, s, task, names)
-            if not paired.empty:
-                s = s.merge(paired, on=GROUP, how="left")
+            if not paired.empty:  # lam is "-" for selectors without one: object on both sides (0.5 == 0.5 still)
+                s = s.astype({"lam": object}).merge(paired.astype({"lam": object}), on=GROUP, how="left")
         part = runs[runs["task"] == task] if not runs.empty else runs
         if part.empty and (out_dir / f"table_{task}.md").exists():
             log.warning("no %s runs under %s: %s left as it is", task, ", ".join(map(str, roots)),
