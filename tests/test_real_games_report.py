@@ -42,7 +42,7 @@ def test_report_joins_the_lambda_curve_and_reports_costs_as_built(tmp_path, monk
     built = {"stage_seconds": {"select": 1.0, "train_wall": 500.0, "train_cpu": 400.0, "evaluate_wall": 300.0,
                                "evaluate_cpu": 250.0, "proxy_wall": 0.0}, "wall_seconds": 2.0, "cpu_seconds": 1.0}
     for s in (0, 1, 2):
-        _run(out / "table_real_cpu", f"goracs{s}", "goracs", s, 0.5, 0.1, **built)
+        _run(out / "table_real_cpu", f"goracs{s}", "goracs", s, 0.5, 0.1 + 0.01 * s, **built)
         _run(out / "table_real_cpu", f"random{s}", "random", s, None, 0.0, **built)
         _run(out / "sweep_real_cpu", f"lam0.1_{s}", "goracs", s, 0.1, 0.05, **built)
     # an old-format job re-run from its cached stages: its own 3 seconds are not what its results cost
@@ -60,6 +60,9 @@ def test_report_joins_the_lambda_curve_and_reports_costs_as_built(tmp_path, monk
     assert "| ctr | goracs | 64 | 6 | 801 | 651 |" in numbers and "| ctr | random | 64 | 3 | 801 | 651 |" in numbers
     assert "| ctr | goracs_lam0 | 64 | 1 (0 with a recorded cost) | not recorded | not recorded |" in numbers
     assert "1 jobs were re-run from stages cached" in numbers
+    # seed by seed: goracs - random = 0.10, 0.11, 0.12: mean 0.11 +- t(0.975, 2) * 0.01 / sqrt(3); goracs_lam0 one seed
+    assert "| goracs | 64 | 0: +0.1000, 1: +0.1100, 2: +0.1200 | +0.1100 [+0.0852, +0.1348] |" in numbers
+    assert "| goracs_lam0 | 64 | 0: +0.0800 | +0.0800 |" in numbers
     table = (res / "table_ctr.md").read_text()
     assert "code commit(s) abc1234. Command(s):\n- `python -m goracs -m experiment=x`" in table
     # proxy check: every distinct subset, random's included (lam None): 3 + 3 + 3 + 1 (the POO differs by seed here)
