@@ -9,6 +9,7 @@ Rows say how many seeds they have, so a partial study reports what it has.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -108,7 +109,8 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
     lines = [f"| selector | budget | {metric.upper()} minus {reference}, per seed | mean [95 % t over seeds] |",
              "|---|---|---|---|"]
     for (sel, b), part in df[df["selector"] != reference].groupby(["selector", "budget"]):
-        rb = b if (b, part["seed"].iloc[0]) in ref.index else ref.index.get_level_values(0).value_counts().idxmax()
+        budgets = ref.index.get_level_values(0)
+        rb = b if b in budgets else budgets.value_counts().idxmax()  # the full row: random at the table's budget
         d = {int(s): float(v) - float(ref[(rb, s)]) for s, v in part.groupby("seed")[metric].mean().items()
              if (rb, s) in ref.index}
         if not d:
@@ -155,16 +157,27 @@ def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None) ->
     return notes
 
 
+def subset_id(run: pd.Series) -> str:
+    """What a run fine-tuned on: the hash of its sorted coreset indices (the `coreset` file its metrics name), else
+    its selector, lambda and POO."""
+    path = run.get("coreset")
+    if isinstance(path, str) and Path(path).exists():
+        return hashlib.sha1(np.sort(np.load(path)).astype(np.int64).tobytes()).hexdigest()
+    lam = "-" if pd.isna(run.get("lam")) else str(run.get("lam"))
+    return f"{run['selector']}|{lam}|{run['poo']!r}"
+
+
 def proxy(runs: pd.DataFrame, out: Path) -> str:
     if runs.empty or "poo" not in runs:
         return "No proxy-check values yet.\n"
     part = runs[(runs["task"] == "ctr") & (runs["budget"] == 64)].dropna(subset=["poo", "test_loss"])
     # one point per distinct subset: a deterministic selector (GORACS) gives every seed the same coreset, which is
-    # then fine-tuned with different seeds; its test loss is the mean over those fine-tunes
-    # (lam is None for selectors without one: "-", since pandas' str dtype would keep it missing and groupby drop it)
-    lam = part["lam"].astype(object).where(part["lam"].notna(), "-").map(str)
-    part = part.assign(lam=lam).groupby(["selector", "lam", "poo"], as_index=False).agg(
-        test_loss=("test_loss", "mean"), fine_tunes=("seed", "count"))
+    # then fine-tuned with different seeds; its test loss is the mean over those fine-tunes. Subsets are told apart
+    # by their indices (two selectors that chose the same 64 samples are one point).
+    part = part.assign(subset=[subset_id(r) for _, r in part.iterrows()])
+    part = part.drop_duplicates(["subset", "seed"])  # one fine-tune found in two folders (a table row in a sweep)
+    part = part.groupby("subset", as_index=False).agg(selector=("selector", "first"), poo=("poo", "mean"),
+                                                      test_loss=("test_loss", "mean"), fine_tunes=("seed", "count"))
     if len(part) < 3:
         return (f"{len(part)} distinct subsets with POO and test loss so far ({int(part['fine_tunes'].sum())} "
                 "fine-tunes): too few for a correlation.\n")
@@ -204,7 +217,8 @@ def main() -> int:
              "## Pilot", "", pilot_table(outputs / "pilot_real_cpu"),
              "## CTR differences to random, seed by seed", "",
              seed_paired(collect(tables) if tables[0].exists() else pd.DataFrame()), "## Sweeps", "",
-             "\n\n".join(sweeps(sweep, figs, collect(tables) if tables[0].exists() else None)), "", "## Proxy check", "", proxy(runs, figs),
+             "\n\n".join(sweeps(sweep, figs, collect(tables) if tables[0].exists() else None)), "",
+             "## Proxy check", "", proxy(runs, figs),
              "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])
                                              if (outputs / "pilot_real_cpu").exists() else runs)]
     write_text(res / "numbers.md", "\n".join(parts) + "\n")

@@ -84,7 +84,8 @@ def test_provenance_reads_the_commits_of_the_runs(tmp_path):
         (d / "run_info.json").write_text(json.dumps({"seed": 0, "git": git, "argv": argv}))
     write_tables([tmp_path / "runs"], tmp_path / "results")
     md = (tmp_path / "results" / "table_ctr.md").read_text()
-    assert "code commit(s) abcdef1, abcdef1+dirty. Command(s):\n- `python -m goracs -m experiment=table_x seed=0,1,2`" in md
+    assert ("code commit(s) abcdef1, abcdef1+dirty. Command(s):\n"
+            "- `python -m goracs -m experiment=table_x seed=0,1,2`") in md
     assert "Command" not in (tmp_path / "results" / "table_seqrec.md").read_text()  # its runs record no argv
 
 
@@ -177,3 +178,42 @@ def test_paired_difference_to_random_and_significant_bold(tmp_path):
     best = significant_best(runs, s, "ctr", ["auc"], n_resamples=400)
     assert best[("games", "auc")] is None
     assert "**" not in to_markdown(s, "ctr", paired_vs(runs, "ctr", ["auc"], n_resamples=200), best)
+
+
+def test_a_job_found_twice_counts_once_at_its_newest_run_everywhere(tmp_path):
+    import os
+
+    from goracs.report.aggregate import paired_vs, significant_best
+
+    _ctr_runs_with_predictions(tmp_path / "a", {"goracs": 1.5, "random": 0.5})
+    runs0 = collect([tmp_path / "a"])
+    d0 = paired_vs(runs0, "ctr", ["auc"], n_resamples=200).set_index("selector").loc["goracs", "auc_diff"]
+    # a stale copy of goracs seed 0 with inverted P(Yes), in a folder that sorts last but is older
+    src, stale = tmp_path / "a" / "goracs_0", tmp_path / "a" / "zz_stale_goracs_0"
+    stale.mkdir()
+    m = json.loads((src / "metrics.json").read_text())
+    pr = json.loads((src / "predictions.json").read_text())
+    (stale / "metrics.json").write_text(json.dumps({**m, "auc": 1 - m["auc"]}))
+    (stale / "predictions.json").write_text(json.dumps({**pr, "p_yes": [1 - p for p in pr["p_yes"]]}))
+    os.utime(stale / "metrics.json", (1, 1))
+    runs = collect([tmp_path / "a"])
+    s = summarise(runs, "ctr").set_index("selector")
+    assert s.loc["goracs", "seeds"] == 3
+    fresh = summarise(runs0, "ctr").set_index("selector")
+    assert s.loc["goracs", "auc_mean"] == pytest.approx(fresh.loc["goracs", "auc_mean"])
+    d = paired_vs(runs, "ctr", ["auc"], n_resamples=200).set_index("selector").loc["goracs", "auc_diff"]
+    assert d == pytest.approx(d0)  # the stale copy is in neither the mean nor the difference
+    assert significant_best(runs, s.reset_index(), "ctr", ["auc"], n_resamples=200)[("games", "auc")] == "goracs|64|-"
+
+
+def test_bold_only_in_the_metrics_direction_and_never_on_a_tie(tmp_path):
+    from goracs.report.aggregate import significant_best
+
+    _ctr_runs_with_predictions(tmp_path / "a", {"goracs": 1.5, "random": 0.5})
+    runs = collect([tmp_path / "a"])
+    s = summarise(runs, "ctr")
+    # means that say random is best while the predictions say goracs is far better: not bold
+    flipped = s.assign(auc_mean=s["auc_mean"].where(s["selector"] != "random", 0.99))
+    assert significant_best(runs, flipped, "ctr", ["auc"], n_resamples=200)[("games", "auc")] is None
+    tied = s.assign(auc_mean=0.7)
+    assert significant_best(runs, tied, "ctr", ["auc"], n_resamples=200)[("games", "auc")] is None

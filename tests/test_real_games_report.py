@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,3 +68,18 @@ def test_report_joins_the_lambda_curve_and_reports_costs_as_built(tmp_path, monk
     assert "code commit(s) abc1234. Command(s):\n- `python -m goracs -m experiment=x`" in table
     # proxy check: every distinct subset, random's included (lam None): 3 + 3 + 3 + 1 (the POO differs by seed here)
     assert "10 distinct fine-tuned CTR subsets" in numbers and "Random subsets alone (3)" in numbers
+
+
+def test_proxy_points_are_distinct_subsets_by_their_indices(tmp_path):
+    mod = _report_module()
+    a, b, c = tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "c.npy"
+    np.save(a, np.array([5, 1, 9]))
+    np.save(b, np.array([9, 5, 1]))  # the same subset in another order (another selector, or a reference run)
+    np.save(c, np.array([5, 1, 8]))
+    runs = [{"selector": s, "lam": lam, "poo": poo, "coreset": str(f)}
+            for s, lam, poo, f in (("goracs", 0.5, 0.2, a), ("goracs_reference", 0.5, 0.2000001, b),
+                                   ("random", None, 0.3, c))]
+    ids = [mod.subset_id(pd.Series(r)) for r in runs]
+    assert ids[0] == ids[1] != ids[2]
+    # without a coreset file: selector, lambda and POO (a missing lambda is "-", not dropped)
+    assert mod.subset_id(pd.Series({"selector": "random", "lam": None, "poo": 0.3})) == "random|-|0.3"

@@ -75,3 +75,12 @@ def test_spearman_interval_known_cases():
     rho, lo, hi = spearman_ci(x, rng.normal(size=40), n_resamples=500)  # independent: the interval holds 0
     assert lo < 0 < hi
     assert np.isnan(spearman_ci([1.0, 2.0], [2.0, 1.0])[0])
+
+
+def test_intervals_of_degenerate_cases():
+    from goracs.report.stats import spearman_ci
+
+    assert mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)  # no spread over seeds: the value itself, not nan
+    # four subsets: some resamples repeat one pair (rho undefined); the interval comes from the others
+    rho, lo, hi = spearman_ci([0.1, 0.2, 0.3, 0.4], [1.0, 2.0, 3.0, 5.0], n_resamples=500)
+    assert rho == 1.0 and np.isfinite(lo) and np.isfinite(hi) and lo <= hi == 1.0

@@ -41,6 +41,24 @@ def collect(roots: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def task_runs(runs: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The task's runs, one per row x seed, lam "-" where a selector has none. A job run twice into two folders (a
+    re-run under another folder name) counts once, at its newest metrics.json, in the means, the paired
+    differences and the bold alike."""
+    df = runs[runs["task"] == task].copy() if not runs.empty else pd.DataFrame()
+    if df.empty:
+        return df
+    for col in GROUP:
+        if col not in df:
+            df[col] = np.nan
+    df["lam"] = df["lam"].astype(object).where(df["lam"].notna(), "-")
+    if "run_dir" in df:
+        mtime = [(Path(d) / "metrics.json").stat().st_mtime if (Path(d) / "metrics.json").exists() else 0.0
+                 for d in df["run_dir"]]
+        df = df.assign(_mtime=mtime).sort_values("_mtime", kind="stable").drop(columns="_mtime")
+    return df.drop_duplicates(GROUP + ["seed"], keep="last")
+
+
 def table_metrics(runs: pd.DataFrame, task: str) -> list[str]:
     """The metric columns of a task's table: those the runs' eval configs list, in their order, that were
     recorded."""
@@ -111,14 +129,10 @@ def paired_vs(runs: pd.DataFrame, task: str, metrics: list[str], reference: str 
     random at the table's budget). Empty when the runs carry no per-sample predictions."""
     from goracs.report.stats import paired_difference
 
-    df = runs[runs["task"] == task].copy()
+    df = task_runs(runs, task)
     rows = []
     if df.empty or "run_dir" not in df:
         return pd.DataFrame()
-    for col in GROUP:
-        if col not in df:
-            df[col] = np.nan
-    df["lam"] = df["lam"].astype(object).where(df["lam"].notna(), "-")
     for keys, part in df.groupby(GROUP, dropna=False):
         rec = dict(zip(GROUP, keys))
         if rec["selector"] == reference:
@@ -130,6 +144,8 @@ def paired_vs(runs: pd.DataFrame, task: str, metrics: list[str], reference: str 
         ref = same if not same.empty else ref[ref["budget"] == ref["budget"].mode().iloc[0]]
         a, b = _scores(part["run_dir"], task), _scores(ref["run_dir"], task)
         if a is None or b is None or a[2] != b[2] or len(a[0]) != len(b[0]):
+            log.warning("%s %s: no paired difference to %s (a seed without predictions.json, or other test "
+                        "samples)", task, _label(rec), reference)
             continue
         rec["reference_budget"] = int(ref["budget"].iloc[0])
         for m in metrics:
@@ -147,7 +163,7 @@ def significant_best(runs: pd.DataFrame, summary: pd.DataFrame, task: str, metri
     from goracs.report.stats import paired_difference
 
     out: dict[tuple[str, str], str | None] = {}
-    df = runs[runs["task"] == task]
+    df = task_runs(runs, task)
     for ds, part in summary.groupby("dataset"):
         for m in metrics:
             if part[f"{m}_mean"].isna().all():
@@ -159,10 +175,13 @@ def significant_best(runs: pd.DataFrame, summary: pd.DataFrame, task: str, metri
                 out[(ds, m)] = None
                 continue
             second = order.iloc[1]
+            if np.isclose(best[f"{m}_mean"], second[f"{m}_mean"]):  # a tie has no best
+                out[(ds, m)] = None
+                continue
 
             def dirs(r):
                 sel = df[(df["dataset"] == ds) & (df["selector"] == r["selector"]) & (df["budget"] == r["budget"])
-                         & (df["lam"].astype(object).where(df["lam"].notna(), "-").astype(str) == str(r["lam"]))]
+                         & (df["lam"].map(str) == str(r["lam"]))]
                 return sel["run_dir"]
 
             a, b = _scores(dirs(best), task), _scores(dirs(second), task)
@@ -170,7 +189,8 @@ def significant_best(runs: pd.DataFrame, summary: pd.DataFrame, task: str, metri
                 out[(ds, m)] = label if a is None and b is None else None
                 continue
             _, lo, hi = paired_difference(a[0], a[1], b[1], metric=sample_metric(m), n_resamples=n_resamples)
-            out[(ds, m)] = label if (lo > 0 or hi < 0) else None
+            # best minus runner-up: significantly better only in the metric's own direction
+            out[(ds, m)] = label if (lo > 0 if metric(m).higher_is_better else hi < 0) else None
     return out
 
 
@@ -182,14 +202,9 @@ def summarise(runs: pd.DataFrame, task: str) -> pd.DataFrame:
     """Mean, std and 95 % t interval over seeds of the task's metrics, one row per dataset x selector x budget x
     lambda."""
     metrics = table_metrics(runs, task)
-    df = runs[runs["task"] == task].copy()
+    df = task_runs(runs, task)
     if df.empty:
         return pd.DataFrame()
-    for col in GROUP:
-        if col not in df:
-            df[col] = np.nan
-    df["lam"] = df["lam"].astype(object).where(df["lam"].notna(), "-")
-    df = df.drop_duplicates(GROUP + ["seed"], keep="last")  # a re-run of a finished job counts once
     agg = {}
     for m in metrics:
         if m in df:

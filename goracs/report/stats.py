@@ -19,6 +19,8 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     m = float(x.mean())
     if x.size < 2:
         return m, float("nan"), float("nan")
+    if np.all(x == x[0]):  # no spread: the interval is the value itself (scipy would give nan)
+        return m, m, m
     lo, hi = stats.t.interval(level, df=x.size - 1, loc=m, scale=stats.sem(x))
     return m, float(lo), float(hi)
 
@@ -92,4 +94,9 @@ def spearman_ci(x: Sequence[float], y: Sequence[float], level: float = 0.95, n_r
 
     res = stats.bootstrap((a, b), rho, paired=True, vectorized=False, n_resamples=n_resamples,
                           confidence_level=level, method="percentile", random_state=np.random.default_rng(seed))
-    return rho(a, b), float(res.confidence_interval.low), float(res.confidence_interval.high)
+    # a resample of few pairs can repeat one pair throughout (no ranks, rho undefined): percentiles of the others
+    dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+    if not np.isfinite(dist).any():
+        return rho(a, b), float("nan"), float("nan")
+    lo, hi = np.nanpercentile(dist, [50 * (1 - level), 50 * (1 + level)])
+    return rho(a, b), float(lo), float(hi)
