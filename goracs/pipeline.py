@@ -476,10 +476,17 @@ def run_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 def predictions(task: str, metrics: dict[str, Any], test) -> dict[str, Any]:
     """Per test sample: CTR P(Yes) and the label, SeqRec the target's 0-based rank; with the test samples' ids
     (their row index) so that two runs are compared on the same samples."""
-    ids = [str(i) for i in test.index]
+    per = metrics.get("per_sample") or {}
+    ids = per.get("ids") or metrics.get("ids") or [str(i) for i in test.index]
     if task == "ctr":
-        return {"task": task, "ids": ids, "p_yes": metrics.get("p_yes"), "labels": metrics.get("labels")}
-    return {"task": task, "ids": ids, "rank": (metrics.get("per_sample") or {}).get("rank")}
+        out = {"task": task, "ids": ids, "p_yes": metrics.get("p_yes"), "labels": metrics.get("labels")}
+    else:
+        out = {"task": task, "ids": ids, "rank": per.get("rank")}
+    values = out["p_yes"] if task == "ctr" else out["rank"]
+    if values is not None and len(values) != len(ids):
+        raise ValueError(f"{task} predictions: {len(values)} values for {len(ids)} test ids (eval.max_samples "
+                         "evaluated a subsample whose ids the evaluation did not return)")
+    return out
 
 
 def _is_scalar_metric(key: str) -> bool:

@@ -128,6 +128,16 @@ def test_evaluate_seqrec_end_to_end_with_adapter_and_cache(tmp_path):
     assert len(list(tmp_path.glob("catalogue_emb_*.npy"))) == 2 and emb_again.shape == ref.shape
     rf = evaluate_seqrec(peft, None, tok, df, cat, {**cfg, "protocol": "full"}, cache_dir=tmp_path)
     assert rf["n_candidates"] == len(cat) and rf["per_sample"]["generation"] == r["per_sample"]["generation"]
+    # eval.max_samples evaluates a seeded subsample: its ranks come with its own ids, and the predictions the
+    # pipeline writes pair each rank with the sample it belongs to
+    from goracs.pipeline import predictions
+
+    rs = evaluate_seqrec(peft, None, tok, df, cat, {**cfg, "max_samples": 2, "seed": 1}, cache_dir=tmp_path)
+    assert len(rs["per_sample"]["ids"]) == 2 and set(rs["per_sample"]["ids"]) < {str(i) for i in df.index}
+    pred = predictions("seqrec", rs, df)
+    full_rank = dict(zip(r["per_sample"]["ids"], r["per_sample"]["rank"]))
+    assert pred["ids"] == rs["per_sample"]["ids"]
+    assert [full_rank[i] for i in pred["ids"]] == pred["rank"]  # the same sample's rank as in the full run
 
 
 def test_evaluate_seqrec_bad_input(tiny):

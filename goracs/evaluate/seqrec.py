@@ -257,6 +257,7 @@ def evaluate_seqrec(model, base_model, tokenizer, test_df, catalogue, cfg: Any =
 
         res = rank_generations(gens, test_df, catalogue, cat_emb, embed_fn, c["protocol"], tuple(c["ks"]))
     res["per_sample"]["raw_generation"] = gens
+    res["per_sample"]["ids"] = [str(i) for i in test_df.index]  # the samples evaluated (max_samples draws some)
     if res["n_empty_generations"]:
         log.warning("%d of %d generations are empty: counted as misses", res["n_empty_generations"], res["n"])
     return res
