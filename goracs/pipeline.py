@@ -477,12 +477,10 @@ def predictions(task: str, metrics: dict[str, Any], test) -> dict[str, Any]:
     """Per test sample: CTR P(Yes) and the label, SeqRec the target's 0-based rank; with the test samples' ids
     (their row index) so that two runs are compared on the same samples."""
     per = metrics.get("per_sample") or {}
-    ids = per.get("ids") or metrics.get("ids") or [str(i) for i in test.index]
-    if task == "ctr":
-        out = {"task": task, "ids": ids, "p_yes": metrics.get("p_yes"), "labels": metrics.get("labels")}
-    else:
-        out = {"task": task, "ids": ids, "rank": per.get("rank")}
-    values = out["p_yes"] if task == "ctr" else out["rank"]
+    ids = per.get("ids") or [str(i) for i in test.index]  # SeqRec's eval.max_samples evaluates a subsample
+    out = ({"task": task, "ids": ids, "p_yes": metrics.get("p_yes"), "labels": metrics.get("labels")} if task == "ctr"
+           else {"task": task, "ids": ids, "rank": per.get("rank")})
+    values = out.get("p_yes") if task == "ctr" else out.get("rank")
     if values is not None and len(values) != len(ids):
         raise ValueError(f"{task} predictions: {len(values)} values for {len(ids)} test ids (eval.max_samples "
                          "evaluated a subsample whose ids the evaluation did not return)")
