@@ -4,6 +4,7 @@
 # resumes where an interruption stopped it: run it again with the same step.
 #   bash scripts/real_games.sh pilot            # the learnability pilot (zero-shot, random 64/256/1024, full)
 #   bash scripts/real_games.sh ctr              # the CTR table (11 selectors x 3 seeds, budget 64)
+#   bash scripts/real_games.sh seeds            # GORACS and random at 5 more seeds (3-7), into the CTR table
 #   bash scripts/real_games.sh seqrec           # the SeqRec table
 #   bash scripts/real_games.sh sweeps           # lambda and budget sweeps
 #   bash scripts/real_games.sh proxy            # extra random subsets for the proxy check
@@ -17,7 +18,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_O
 export WANDB_MODE=${WANDB_MODE:-offline}
 run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" -m goracs -m hydra/launcher="$LAUNCHER" logger=none progress=false "$@"; }
 
-step=${1:?usage: real_games.sh pilot|ctr|seqrec|sweeps|proxy|report}
+step=${1:?usage: real_games.sh pilot|ctr|seeds|seqrec|sweeps|proxy|report}
 shift
 case "$step" in
   pilot)
@@ -27,6 +28,7 @@ case "$step" in
     run experiment=pilot_real_cpu selector.budget=1024 "$@"
     ;;
   ctr) run experiment=table_real_cpu "$@" ;;
+  seeds) run experiment=table_real_cpu_seeds "$@" ;;
   seqrec) run experiment=table_real_cpu_seqrec "$@" ;;
   sweeps)
     run experiment=sweep_lambda_real_cpu "$@"

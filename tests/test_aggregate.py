@@ -217,3 +217,28 @@ def test_bold_only_in_the_metrics_direction_and_never_on_a_tie(tmp_path):
     assert significant_best(runs, flipped, "ctr", ["auc"], n_resamples=200)[("games", "auc")] is None
     tied = s.assign(auc_mean=0.7)
     assert significant_best(runs, tied, "ctr", ["auc"], n_resamples=200)[("games", "auc")] is None
+
+
+def test_paired_difference_uses_the_seeds_both_rows_have(tmp_path):
+    import shutil
+
+    from goracs.report.aggregate import paired_vs
+
+    _ctr_runs_with_predictions(tmp_path / "a", {"goracs": 1.5, "random": 0.5})
+    full = paired_vs(collect([tmp_path / "a"]), "ctr", ["auc"], n_resamples=200).set_index("selector")
+    shutil.rmtree(tmp_path / "a" / "goracs_2")  # goracs part-way: seeds 0 and 1
+    runs = collect([tmp_path / "a"])
+    d = paired_vs(runs, "ctr", ["auc"], n_resamples=200).set_index("selector").loc["goracs"]
+    g = runs[(runs["selector"] == "goracs")]["auc"].mean()
+    r01 = runs[(runs["selector"] == "random") & runs["seed"].isin([0, 1])]["auc"].mean()
+    assert d["paired_seeds"] == "0,1" and full.loc["goracs", "paired_seeds"] == "0,1,2"
+    assert d["auc_diff"] == pytest.approx(g - r01, abs=1e-12)  # not against random's mean over seeds 0-2
+    md = to_markdown(summarise(runs, "ctr"), "ctr", paired_vs(runs, "ctr", ["auc"], n_resamples=200))
+    assert "(seeds" not in md  # the row's own seeds: nothing to name
+    # random part-way instead: goracs's three seeds are compared on the two random has, and the cell says so
+    shutil.rmtree(tmp_path / "a")
+    _ctr_runs_with_predictions(tmp_path / "a", {"goracs": 1.5, "random": 0.5})
+    shutil.rmtree(tmp_path / "a" / "random_2")
+    runs = collect([tmp_path / "a"])
+    md = to_markdown(summarise(runs, "ctr"), "ctr", paired_vs(runs, "ctr", ["auc"], n_resamples=200))
+    assert "(seeds 0,1)" in next(line for line in md.splitlines() if "| goracs |" in line)

@@ -120,6 +120,16 @@ def _scores(run_dirs: Iterable[str], task: str) -> tuple[np.ndarray, list[np.nda
     return labels, [np.asarray(q[key], dtype=np.float64) for q in preds], ids
 
 
+def common_seeds(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two rows' runs on the seeds both have (a row part-way through its seeds, or one with extra seeds, is
+    compared seed for seed, not with the other row's mean over seeds it lacks); both whole when they share none
+    (e.g. rows run at unrelated seeds)."""
+    if "seed" not in a or "seed" not in b:
+        return a, b
+    both = set(a["seed"].dropna()) & set(b["seed"].dropna())
+    return (a[a["seed"].isin(both)], b[b["seed"].isin(both)]) if both else (a, b)
+
+
 def paired_vs(runs: pd.DataFrame, task: str, metrics: list[str], reference: str = "random",
               n_resamples: int = 2000) -> pd.DataFrame:
     """Per dataset x selector x budget x lambda: the paired difference of each metric to `reference` (mean over
@@ -142,6 +152,8 @@ def paired_vs(runs: pd.DataFrame, task: str, metrics: list[str], reference: str 
             continue
         same = ref[ref["budget"] == rec["budget"]]
         ref = same if not same.empty else ref[ref["budget"] == ref["budget"].mode().iloc[0]]
+        part, ref = common_seeds(part, ref)
+        rec["paired_seeds"] = ",".join(str(int(v)) for v in sorted(set(part["seed"])))
         a, b = _scores(part["run_dir"], task), _scores(ref["run_dir"], task)
         if a is None or b is None or a[2] != b[2] or len(a[0]) != len(b[0]):
             log.warning("%s %s: no paired difference to %s (a seed without predictions.json, or other test "
@@ -184,7 +196,8 @@ def significant_best(runs: pd.DataFrame, summary: pd.DataFrame, task: str, metri
                          & (df["lam"].map(str) == str(r["lam"]))]
                 return sel["run_dir"]
 
-            a, b = _scores(dirs(best), task), _scores(dirs(second), task)
+            da, db = common_seeds(*(df.loc[dirs(r).index] for r in (best, second)))
+            a, b = _scores(da["run_dir"], task), _scores(db["run_dir"], task)
             if a is None or b is None or a[2] != b[2] or len(a[0]) != len(b[0]):
                 out[(ds, m)] = label if a is None and b is None else None
                 continue
@@ -262,6 +275,9 @@ def to_markdown(summary: pd.DataFrame, task: str, paired: pd.DataFrame | None = 
                     continue
                 sig = d[f"{m}_diff_lo"] > 0 or d[f"{m}_diff_hi"] < 0
                 text = f"{d[f'{m}_diff']:+.4f} [{d[f'{m}_diff_lo']:+.4f}, {d[f'{m}_diff_hi']:+.4f}]"
+                ps = d.get("paired_seeds")
+                own = r.get("seed_list")
+                text += f" (seeds {ps})" if isinstance(ps, str) and own is not None and ps != own else ""
                 cells.append(text + (" *" if sig else ""))
         cells.append(f"{r['seeds']} ({r['seed_list']})" if "seed_list" in r else str(r["seeds"]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -272,9 +288,11 @@ def to_markdown(summary: pd.DataFrame, task: str, paired: pd.DataFrame | None = 
     text = ("Mean [95 % t interval over seeds]; a single seed has no interval. Bold: the best mean per dataset where "
             f"its paired bootstrap difference to the runner-up excludes 0{note}.")
     if diffs:
-        text += (f" Δ vs {reference}: the mean over seeds minus {reference}'s mean over seeds on the same test "
-                 "samples, with its 95 % paired bootstrap interval over test samples (2,000 resamples, pooled over "
-                 f"seeds; the full-data row against {reference} at the table's budget); * = the interval excludes 0.")
+        text += (f" Δ vs {reference}: the mean over seeds minus {reference}'s mean over the same seeds (those both "
+                 "rows have; named when fewer than the row's) on the same test samples, with its 95 % paired "
+                 "bootstrap interval over test samples (2,000 resamples, pooled over seeds; the full-data row against "
+                 f"{reference} at the table's budget); * = the interval excludes 0. The interval holds the fine-tunes "
+                 "fixed: it is the test sample's uncertainty, not the fine-tuning seed's.")
     return "\n".join(lines) + "\n\n" + text + "\n"
 
 
