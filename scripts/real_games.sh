@@ -16,7 +16,8 @@ PY=${PY:-.venv/bin/python}
 LAUNCHER=${LAUNCHER:-basic}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export WANDB_MODE=${WANDB_MODE:-offline}
-run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" -m goracs -m hydra/launcher="$LAUNCHER" logger=none progress=false "$@"; }
+# Progress bars stay on (training steps, scoring, generation): the logs show where a long job stands.
+run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" -m goracs -m hydra/launcher="$LAUNCHER" logger=none "$@"; }
 
 step=${1:?usage: real_games.sh pilot|ctr|seeds|seqrec|sweeps|proxy|report}
 shift
