@@ -22,7 +22,8 @@ run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" -m goracs -m hydra/launcher="$LAU
 step=${1:?usage: real_games.sh pilot|ctr|seeds|seqrec|sweeps|proxy|report}
 shift
 case "$step" in
-  pilot)
+  pilot)  # progress=false as when its first rows ran: the pilot's folder names include it
+    set -- progress=false "$@"
     run experiment=pilot_real_cpu selector=random selector.budget=64 train.task_overrides.ctr.epochs=0 "$@"   # zero-shot (the task override, which wins over train.epochs)
     run experiment=pilot_real_cpu selector.budget=64,256 "$@"
     run experiment=pilot_real_cpu selector=full "$@"
