@@ -95,7 +95,8 @@ def times_table(runs: pd.DataFrame) -> str:
             "wall time includes waiting for the other job on the 2 cores)." + missing + "\n")
 
 
-def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", reference: str = "random") -> str:
+def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", reference: str = "random",
+                rows: list | None = None) -> str:
     """Each selector minus random, seed by seed (the same fine-tuning seed), with a t interval over the seeds: the
     between-fine-tune view of the difference, next to the table's bootstrap over test samples (which holds the
     fine-tunes fixed). With 3 seeds the interval is wide (t 4.30): a difference it excludes 0 for is robust to the
@@ -119,7 +120,29 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
         per = ", ".join(f"{s}: {v:+.4f}" for s, v in sorted(d.items()))
         ci = f"{m:+.4f}" if np.isnan(lo) else f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
         lines.append(f"| {sel} | {int(b)} | {per} | {ci} |")
+        if rows is not None:
+            rows.append({"label": f"{sel} ({int(b)})", "view": "seed by seed (t over seeds)", "diff": m, "lo": lo,
+                         "hi": hi})
     return "\n".join(lines) + "\n"
+
+
+def differences_figure(res: Path, seed_rows: list, out: Path, metric: str = "auc") -> str:
+    """figures/ctr_auc_diff_vs_random.png: each selector minus random, both views (the table's paired bootstrap
+    over test samples, and seed by seed with a t interval over seeds)."""
+    csv = res / "table_ctr.csv"
+    rows = list(seed_rows)
+    if csv.exists():
+        t = pd.read_csv(csv)
+        if f"{metric}_diff" in t:
+            for _, r in t.dropna(subset=[f"{metric}_diff"]).iterrows():
+                rows.append({"label": f"{r['selector']} ({int(r['budget'])})", "view": "over test samples (bootstrap)",
+                             "diff": r[f"{metric}_diff"], "lo": r[f"{metric}_diff_lo"], "hi": r[f"{metric}_diff_hi"]})
+    if not rows:
+        return ""
+    path = plots.differences(pd.DataFrame(rows), out / f"ctr_{metric}_diff_vs_random.png",
+                             f"{metric.upper()} minus random's (95 % intervals)",
+                             "real Games CTR, budget 64: each selector against random")
+    return f"Figure: `figures/{path.name}`.\n"
 
 
 def lambda_curve(runs: pd.DataFrame) -> pd.DataFrame:
@@ -212,11 +235,13 @@ def main() -> int:
     all_roots = [p for p in (outputs / "table_real_cpu", outputs / "sweep_real_cpu", outputs / "proxy_real_cpu")
                  if p.exists()]
     runs = collect(all_roots) if all_roots else pd.DataFrame()
+    seed_rows: list = []
     parts = ["# Real Games study: generated numbers", "",
              "Written by `bash scripts/real_games.sh report` from the runs finished so far; the README reads them.", "",
              "## Pilot", "", pilot_table(outputs / "pilot_real_cpu"),
              "## CTR differences to random, seed by seed", "",
-             seed_paired(collect(tables) if tables[0].exists() else pd.DataFrame()), "## Sweeps", "",
+             seed_paired(collect(tables) if tables[0].exists() else pd.DataFrame(), rows=seed_rows),
+             differences_figure(res, seed_rows, figs), "## Sweeps", "",
              "\n\n".join(sweeps(sweep, figs, collect(tables) if tables[0].exists() else None)), "",
              "## Proxy check", "", proxy(runs, figs),
              "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])

@@ -57,6 +57,7 @@ def test_report_joins_the_lambda_curve_and_reports_costs_as_built(tmp_path, monk
     assert [r.split(" |")[0] for r in lam_rows] == ["| 0.0", "| 0.1", "| 0.5"]
     assert lam_rows[0].endswith("| 1 |") and lam_rows[2].endswith("| 3 |")
     assert (res / "figures" / "ctr_auc_vs_lambda.png").stat().st_size > 0
+    assert (res / "figures" / "ctr_auc_diff_vs_random.png").stat().st_size > 0  # both views of each difference
     # costs: stages as built (400 + 250 + 1 CPU s), the re-run cached job not counted
     assert "| ctr | goracs | 64 | 6 | 801 | 651 |" in numbers and "| ctr | random | 64 | 3 | 801 | 651 |" in numbers
     assert "| ctr | goracs_lam0 | 64 | 1 (0 with a recorded cost) | not recorded | not recorded |" in numbers

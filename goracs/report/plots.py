@@ -76,3 +76,30 @@ def proxy_check(poo: np.ndarray, loss: np.ndarray, kinds: list[str], path: str |
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def differences(rows: pd.DataFrame, path: str | os.PathLike, xlabel: str, title: str = "") -> Path:
+    """Each selector's difference to a reference with its intervals, one line per selector: `rows` has columns
+    label, view (e.g. "over test samples" / "over seeds"), diff, lo, hi (lo / hi nan: a point without interval).
+    A vertical line at 0: a selector is separated from the reference where its interval misses it."""
+    labels = list(dict.fromkeys(rows["label"]))
+    views = list(dict.fromkeys(rows["view"]))
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(labels) + 1.2))
+    for k, view in enumerate(views):
+        part = rows[rows["view"] == view].set_index("label")
+        off = (k - (len(views) - 1) / 2) * 0.25
+        for i, lab in enumerate(labels):
+            if lab not in part.index:
+                continue
+            r = part.loc[lab]
+            err = None if np.isnan(r["lo"]) else [[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]]
+            ax.errorbar([r["diff"]], [i + off], xerr=err, fmt="os"[k % 2], color=f"C{k}", capsize=3,
+                        label=view if i == next(j for j, x in enumerate(labels) if x in part.index) else None)
+    ax.axvline(0.0, color="grey", lw=1)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
