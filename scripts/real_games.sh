@@ -9,8 +9,11 @@
 #   bash scripts/real_games.sh sweeps           # lambda and budget sweeps
 #   bash scripts/real_games.sh proxy            # extra random subsets for the proxy check
 #   bash scripts/real_games.sh report           # tables, intervals, figures into results/real_games/
+#   bash scripts/real_games.sh queue1           # one core: the CTR steps in the study's order of priority
+#   bash scripts/real_games.sh queue2           # the other core: the SeqRec table
 # LAUNCHER=cpu2 runs two jobs at a time (both cores), LAUNCHER=basic one (leaves a core free; the default).
 set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # for the queues, which call this script's steps
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 LAUNCHER=${LAUNCHER:-basic}
@@ -19,7 +22,7 @@ export WANDB_MODE=${WANDB_MODE:-offline}
 # Progress bars stay on (training steps, scoring, generation): the logs show where a long job stands.
 run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" -m goracs -m hydra/launcher="$LAUNCHER" logger=none "$@"; }
 
-step=${1:?usage: real_games.sh pilot|ctr|seeds|seqrec|sweeps|proxy|report}
+step=${1:?usage: real_games.sh pilot|ctr|seeds|seqrec|sweeps|proxy|report|queue1|queue2}
 shift
 case "$step" in
   pilot)  # progress=false as when its first rows ran: the pilot's folder names include it
@@ -38,5 +41,14 @@ case "$step" in
     ;;
   proxy) run experiment=proxy_real_cpu "$@" ;;
   report) "$PY" scripts/real_games_report.py "$@" ;;
+  queue1)  # the paper's main claims first: GORACS / random / GraNd / EL2N, then more seeds, the other rows, the rest
+    bash "$SELF" ctr selector=random,goracs,goracs_lam0,grand,el2n "$@"
+    bash "$SELF" seeds "$@"
+    bash "$SELF" ctr "$@"
+    bash "$SELF" proxy "$@"
+    bash "$SELF" sweeps "$@"
+    bash "$SELF" pilot "$@"
+    ;;
+  queue2) bash "$SELF" seqrec "$@" ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac
