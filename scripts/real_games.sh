@@ -5,6 +5,7 @@
 #   bash scripts/real_games.sh pilot            # the learnability pilot (zero-shot, random 64/256/1024, full)
 #   bash scripts/real_games.sh ctr              # the CTR table (11 selectors x 3 seeds, budget 64)
 #   bash scripts/real_games.sh seeds            # GORACS and random at 5 more seeds (3-7), into the CTR table
+#   bash scripts/real_games.sh stratified       # GraNd and EL2N within classes (not in the paper), into the CTR table
 #   bash scripts/real_games.sh seqrec           # the SeqRec table
 #   bash scripts/real_games.sh sweeps           # lambda and budget sweeps
 #   bash scripts/real_games.sh proxy            # extra random subsets for the proxy check
@@ -22,7 +23,7 @@ export WANDB_MODE=${WANDB_MODE:-offline}
 # Progress bars stay on (training steps, scoring, generation): the logs show where a long job stands.
 run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" -m goracs -m hydra/launcher="$LAUNCHER" logger=none "$@"; }
 
-step=${1:?usage: real_games.sh pilot|ctr|seeds|seqrec|sweeps|proxy|report|queue1|queue2}
+step=${1:?usage: real_games.sh pilot|ctr|seeds|stratified|seqrec|sweeps|proxy|report|queue1|queue2}
 shift
 case "$step" in
   pilot)  # progress=false as when its first rows ran: the pilot's folder names include it
@@ -34,6 +35,7 @@ case "$step" in
     ;;
   ctr) run experiment=table_real_cpu "$@" ;;
   seeds) run experiment=table_real_cpu_seeds "$@" ;;
+  stratified) run experiment=table_real_cpu_stratified "$@" ;;   # GraNd and EL2N within classes (an extension)
   seqrec) run experiment=table_real_cpu_seqrec "$@" ;;
   sweeps)
     run experiment=sweep_lambda_real_cpu "$@"
@@ -48,6 +50,7 @@ case "$step" in
     bash "$SELF" proxy "$@"
     bash "$SELF" sweeps "$@"
     bash "$SELF" pilot "$@"
+    bash "$SELF" stratified "$@"
     ;;
   queue2) bash "$SELF" seqrec "$@" ;;
   *) echo "unknown step $step" >&2; exit 2 ;;

@@ -137,3 +137,26 @@ def test_kcenter_with_duplicate_points_still_returns_distinct_indices():
     sel = KCenterSelector().select(Signals(embeddings=x), 5, seed=0)
     assert len(np.unique(sel.indices)) == 5 and sel.report["zero_radius_fill"] == 2
     assert len({tuple(r) for r in x[sel.indices]}) == 3  # all three locations are covered
+
+
+@pytest.mark.parametrize("field", ["grad_norms", "el2n"])
+def test_stratified_score_baselines_take_the_top_of_each_class(signals, field):
+    from baselines.el2n import EL2NSelector
+    from baselines.grand import GraNdSelector
+
+    cls = GraNdSelector if field == "grad_norms" else EL2NSelector
+    scores, labels = getattr(signals, field), signals.labels
+    out = cls(stratify=True).select(signals, 40, seed=0)
+    budgets = pool_share_budgets(labels, 40)
+    assert out.report["class_budgets"] == budgets
+    for c, b in budgets.items():
+        members = np.flatnonzero(labels == c)
+        top = set(members[np.argsort(-scores[members], kind="stable")[:b]])
+        assert set(out.indices[labels[out.indices] == c]) == top  # the class's own top b
+    # a pool whose top scores are all one class: the plain selection keeps that class only, the stratified both
+    skew = Signals(**{field: np.where(labels == 0, 10.0, 1.0) + scores}, labels=labels)
+    assert set(labels[cls().select(skew, 40).indices]) == {0}
+    assert set(labels[cls(stratify=True).select(skew, 40).indices]) == {0, 1}
+    with pytest.raises(SelectionError, match="'labels'"):
+        cls(stratify=True).select(Signals(**{field: scores}), 10)
+    assert cls().needs == (field,) and cls(stratify=True).needs == (field, "labels")

@@ -61,6 +61,8 @@ def test_every_config_file_composes_resolves_and_checks(group, name, tmp_path):
         over.append(f"dataset.root={raw}")
     if group == "selector" and name == "dealrec":
         over.append("task=seqrec")  # a SeqRec-only selector
+    if group == "selector" and name.endswith("_stratified"):
+        over.append("task=ctr")  # per-class selection needs class labels (check_config refuses it on SeqRec)
     cfg = _compose(*over)
     resolved = OmegaConf.to_container(cfg, resolve=True)  # no missing value, no broken interpolation
     if group not in ("profile", "experiment"):  # those two are merged into the root (@package _global_)
