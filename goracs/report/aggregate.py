@@ -37,7 +37,7 @@ def collect(roots: Iterable[str | os.PathLike]) -> pd.DataFrame:
             # the metrics this run's own eval config asked for (eval.metrics, eval.ks), in table order
             names = [x.name for x in task_metrics(m["task"], (m.get("config") or {}).get("eval"))]
             rows.append({**{k: v for k, v in m.items() if not isinstance(v, (list, dict))},
-                         "run_dir": str(path.parent), "_metrics": ",".join(names)})
+                         "run_dir": str(path.parent), "_metrics": ",".join(names), "_mtime": path.stat().st_mtime})
     return pd.DataFrame(rows)
 
 
@@ -52,10 +52,8 @@ def task_runs(runs: pd.DataFrame, task: str) -> pd.DataFrame:
         if col not in df:
             df[col] = np.nan
     df["lam"] = df["lam"].astype(object).where(df["lam"].notna(), "-")
-    if "run_dir" in df:
-        mtime = [(Path(d) / "metrics.json").stat().st_mtime if (Path(d) / "metrics.json").exists() else 0.0
-                 for d in df["run_dir"]]
-        df = df.assign(_mtime=mtime).sort_values("_mtime", kind="stable").drop(columns="_mtime")
+    if "_mtime" in df:  # collect() records when each metrics.json was written
+        df = df.sort_values("_mtime", kind="stable")
     return df.drop_duplicates(GROUP + ["seed"], keep="last")
 
 
@@ -191,12 +189,11 @@ def significant_best(runs: pd.DataFrame, summary: pd.DataFrame, task: str, metri
                 out[(ds, m)] = None
                 continue
 
-            def dirs(r):
-                sel = df[(df["dataset"] == ds) & (df["selector"] == r["selector"]) & (df["budget"] == r["budget"])
-                         & (df["lam"].map(str) == str(r["lam"]))]
-                return sel["run_dir"]
+            def runs_of(r):
+                return df[(df["dataset"] == ds) & (df["selector"] == r["selector"]) & (df["budget"] == r["budget"])
+                          & (df["lam"].map(str) == str(r["lam"]))]
 
-            da, db = common_seeds(*(df.loc[dirs(r).index] for r in (best, second)))
+            da, db = common_seeds(runs_of(best), runs_of(second))
             a, b = _scores(da["run_dir"], task), _scores(db["run_dir"], task)
             if a is None or b is None or a[2] != b[2] or len(a[0]) != len(b[0]):
                 out[(ds, m)] = label if a is None and b is None else None
