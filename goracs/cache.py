@@ -63,6 +63,12 @@ class StageCache:
         """Whether the artifact exists and is complete."""
         return (self.path(stage, key) / DONE).exists()
 
+    def scratch(self, stage: str, key: Any) -> Path:
+        """A folder for a build's resumable progress (a training checkpoint): it survives a killed builder, so the
+        next builder of the same key continues from it, and is removed once the artifact is complete."""
+        final = self.path(stage, key)
+        return final.with_name(f".{final.name}.scratch")
+
     @contextlib.contextmanager
     def lock(self, stage: str, key: Any) -> Iterator[Path]:
         """Hold the artifact's lock (yields its final folder); leftovers of killed builders are cleared."""
@@ -96,6 +102,7 @@ class StageCache:
             write_json(tmp / "made_by.json", made_by())
             (tmp / DONE).touch()
             if (final / DONE).exists():
+                shutil.rmtree(final.with_name(f".{final.name}.scratch"), ignore_errors=True)
                 return  # same key, same content: keep the folder a reader may already be using
             if final.exists():  # incomplete: move it aside atomically (never delete in place)
                 stale = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.stale.tmp")
@@ -107,6 +114,7 @@ class StageCache:
             except OSError:
                 if not (final / DONE).exists():  # not a concurrent winner: a real error
                     raise
+            shutil.rmtree(final.with_name(f".{final.name}.scratch"), ignore_errors=True)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

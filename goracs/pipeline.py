@@ -253,12 +253,12 @@ def run_train(cfg: DictConfig, p: dict[str, Any], sel: dict[str, Any], logger=No
             # loaded only if a later stage needs the model (an evaluation already cached does not)
             report = {**json.loads((out / "train_report.json").read_text()), "cached": True}
             return {"key": key, "stage_key": tkey, "path": out, "model": None, "tokenizer": None, "report": report}
-        model, tok = base_model(cfg, fresh=True)
-        coreset = p["train"].iloc[sel["indices"]].reset_index(drop=True)
-        # trained in the stage's temporary folder and renamed into place complete (a killed run leaves nothing)
+        model, tok, coreset = *base_model(cfg, fresh=True), p["train"].iloc[sel["indices"]].reset_index(drop=True)
+        # built in a temporary folder renamed into place complete; a killed run continues from its scratch checkpoint
         with cache.build("train", key) as tmp:
             model, report = train_lora(model, tok, coreset, p["valid"], cfg.task.name, tcfg, tmp, logger=logger,
-                                       init_adapter=init_adapter(cfg), progress=bool(cfg.get("progress", True)))
+                                       init_adapter=init_adapter(cfg), progress=bool(cfg.get("progress", True)),
+                                       checkpoint_dir=cache.scratch("train", key))
             report["adapter_dir"] = str(out / "adapter")
             write_json(tmp / "train_report.json", report)
     return {"key": key, "stage_key": tkey, "path": out, "model": model, "tokenizer": tok, "report": report}

@@ -111,6 +111,23 @@ def test_a_killed_build_leaves_nothing_that_a_later_run_trips_over(tmp_path):
     assert not list(final.parent.glob(f".{final.name}.*.tmp"))  # the killed build's folder was removed
 
 
+
+def test_a_builds_scratch_survives_a_failed_build_and_goes_with_the_complete_artifact(tmp_path):
+    """The scratch folder (a training checkpoint) is what a killed or failed builder leaves for the next one; the
+    lock holder's clean-up of temporary folders keeps it, and a complete artifact removes it."""
+    cache = StageCache(tmp_path / "c")
+    scratch = cache.scratch("train", {"k": 1})
+    scratch.mkdir(parents=True)
+    (scratch / "train_state.pt").write_text("step 5")
+    with pytest.raises(RuntimeError), cache.lock("train", {"k": 1}), cache.build("train", {"k": 1}):
+        raise RuntimeError("killed")
+    with cache.lock("train", {"k": 1}):  # clears a dead builder's temporary folders, not the scratch
+        assert (scratch / "train_state.pt").read_text() == "step 5" and not cache.done("train", {"k": 1})
+        with cache.build("train", {"k": 1}) as tmp:
+            (tmp / "adapter.txt").write_text("done")
+    assert cache.done("train", {"k": 1}) and not scratch.exists()
+    assert not cache.scratch("train", {"k": 2}).exists()
+
 SMALL = ["model=tiny", "train=tiny", "train.epochs=1", "logger=none", "progress=false",
          "dataset.synthetic.n_users=150", "dataset.synthetic.n_items=120", "task.max_history=3",
          "task.pool.max_train=24", "task.pool.max_valid=12", "task.pool.max_test=8", "task.budget=6",

@@ -183,3 +183,30 @@ def test_zero_epochs_evaluate_the_starting_model(tmp_path):
     model, tok = tiny_llama(seed=0)
     direct = evaluate_ctr(model, tok, pool(cfg, run_prepare(cfg))["test"], {"progress": False})
     assert res["auc"] == pytest.approx(direct["auc"]) and res["logloss"] == pytest.approx(direct["logloss"])
+
+
+def test_a_job_killed_while_training_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    """The training stage keeps a checkpoint in its scratch folder: a job killed mid-training continues from the
+    last checkpoint when run again and ends with the metrics of an uninterrupted job; the scratch then goes."""
+    from goracs.train import loop
+
+    monkeypatch.setenv("GORACS_TRAIN_CHECKPOINT_SECONDS", "0")
+    whole = run_all(config(tmp_path / "a", "task=ctr", "selector=random"), tmp_path / "a" / "run")
+
+    def killed(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_checkpointed", killed)
+    cfg = config(tmp_path / "b", "task=ctr", "selector=random")
+    with pytest.raises(KeyboardInterrupt):
+        run_all(cfg, tmp_path / "b" / "run")
+    scratch = list((tmp_path / "b" / "cache" / "train").glob(".*.scratch"))
+    assert len(scratch) == 1 and (scratch[0] / "train_state.pt").exists()
+    monkeypatch.setattr(loop, "_checkpointed", lambda step: None)
+    again = run_all(cfg, tmp_path / "b" / "run")
+    report = json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())
+    trained = json.loads((next((tmp_path / "b" / "cache" / "train").glob("[!.]*")) / "train_report.json")
+                         .read_text())
+    assert trained["continued_from_step"] == 3 and report["auc"] == whole["auc"]
+    assert again["logloss"] == whole["logloss"] and not scratch[0].exists()

@@ -219,3 +219,59 @@ def test_two_runs_in_one_process_may_use_different_mixed_precision(tmp_path):
         reports.append(train_lora(model, tok, df, val, "ctr", cfg, tmp_path / mp)[1])
     assert [r["config"]["mixed_precision"] for r in reports] == ["no", "bf16"]
     assert all(r["steps"] == 1 for r in reports)
+
+
+
+def _interrupted_run(tmp_path, tiny_cfg, monkeypatch, cfg, kill_step: int, restore_rng: bool = True):
+    """Train with a checkpoint at every step, kill the run at `kill_step`, continue it in the same process with
+    another RNG state; (weights, report) of the continued run."""
+    from goracs.train import loop
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(step):
+        if step == kill_step:
+            raise Killed
+
+    tok, df, ck = tiny_llama(seed=0)[1], seqrec_df(6), tmp_path / "ckpt"
+    with monkeypatch.context() as mp:
+        mp.setattr(loop, "_checkpointed", kill_at)
+        with pytest.raises(Killed):
+            train_lora(tiny_llama(seed=0)[0], tok, df, df, "seqrec", cfg, tmp_path / "a", checkpoint_dir=ck,
+                       checkpoint_seconds=0)
+    assert (ck / "train_state.pt").exists()
+    torch.manual_seed(123)  # the interrupted process's RNG is not the run's: the checkpoint's is restored
+    with monkeypatch.context() as mp:
+        if not restore_rng:
+            mp.setattr(torch, "set_rng_state", lambda state: None)
+        m, rep = train_lora(tiny_llama(seed=0)[0], tok, df, df, "seqrec", cfg, tmp_path / "b", checkpoint_dir=ck,
+                            checkpoint_seconds=0)
+    return loop._lora_state(m), rep
+
+
+def test_an_interrupted_training_continues_from_its_checkpoint_to_the_same_adapter(tmp_path, tiny_cfg, monkeypatch):
+    """A run killed after a checkpoint continues from it (weights, optimizer, schedule, early stopping, dropout RNG,
+    the epoch's shuffle) and ends with exactly the adapter and history of an uninterrupted run; without the
+    restored RNG (the control) it would not."""
+    from goracs.train import loop
+
+    lora = {**train_config(tiny_cfg, "seqrec")["lora"], "dropout": 0.3}  # dropout draws from the restored RNG
+    cfg = {**train_config(tiny_cfg, "seqrec"), "lora": lora, "epochs": 4, "eval_every_steps": 3, "patience": 100}
+    tok, df = tiny_llama(seed=0)[1], seqrec_df(6)  # 3 micro batches of 2 per epoch: 2 optimizer steps each
+    m, ref = train_lora(tiny_llama(seed=0)[0], tok, df, df, "seqrec", cfg, tmp_path / "whole")
+    ref_w = loop._lora_state(m)
+
+    # step 5: the first step of the third epoch (mid-epoch), after the evaluation at step 3
+    got, rep = _interrupted_run(tmp_path / "1", tiny_cfg, monkeypatch, cfg, kill_step=5)
+    assert rep["continued_from_step"] == 5 and rep["steps"] == ref["steps"] == 8
+    assert rep["history"] == ref["history"] and rep["best_step"] == ref["best_step"]
+    assert got.keys() == ref_w.keys() and all(torch.equal(got[k], ref_w[k]) for k in got)
+
+    bad, _ = _interrupted_run(tmp_path / "2", tiny_cfg, monkeypatch, cfg, kill_step=5, restore_rng=False)
+    assert any(not torch.equal(bad[k], ref_w[k]) for k in bad)
+
+    # a checkpoint of another config is not continued from
+    _, rep3 = train_lora(tiny_llama(seed=0)[0], tok, df, df, "seqrec", {**cfg, "lr": 1e-2}, tmp_path / "c",
+                         checkpoint_dir=tmp_path / "1" / "ckpt", checkpoint_seconds=1e9)
+    assert rep3["continued_from_step"] is None and rep3["steps"] == 8

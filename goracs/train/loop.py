@@ -62,7 +62,8 @@ def _lora_state(model) -> dict[str, torch.Tensor]:
 
 
 def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir: str | os.PathLike,
-               logger=None, init_adapter: str | os.PathLike | None = None, progress: bool = True):
+               logger=None, init_adapter: str | os.PathLike | None = None, progress: bool = True,
+               checkpoint_dir: str | os.PathLike | None = None, checkpoint_seconds: float | None = None):
     """Fine-tune LoRA on train_df with early stopping on val_df; return (peft_model, report).
 
     The best adapter (lowest validation loss) is saved under out_dir/adapter and checked non-empty; a
@@ -70,6 +71,12 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
     wrapped in place by peft when it is not already a PeftModel: with `init_adapter` (a PEFT LoRA folder, e.g.
     the authors' instruction-tuned alpaca-tallrec / alpaca-bigrec) training starts from that adapter's weights
     and its LoRA settings, else from a fresh LoRA (B = 0) with cfg.lora.
+
+    With `checkpoint_dir` (one process), the run's whole state is written there at an optimizer step every
+    `checkpoint_seconds` (default GORACS_TRAIN_CHECKPOINT_SECONDS or 120): a run of the same key that finds it
+    continues from that step and ends with exactly the adapter an uninterrupted run would have (the LoRA weights,
+    optimizer, schedule, early-stopping state, dropout RNG and the epoch's shuffle are restored). A checkpoint of
+    another key is ignored; the caller removes the folder once the adapter is in place.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -206,18 +213,42 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
         ddp_model.train()
         return float(torch.cat(losses).mean())
 
-    history: list[dict[str, Any]] = []
-    init_loss = val_loss()
-    history.append({"step": 0, "epoch": 0.0, "val_loss": init_loss})
-    if logger is not None and acc.is_main_process:
-        logger.log_metrics({"val/loss": init_loss}, step=0)
-    best, best_step, best_state, bad_evals = math.inf, 0, None, 0
-    step, stopped_early, running, running_n = 0, False, 0.0, 0
+    ck_file = Path(checkpoint_dir) / "train_state.pt" if checkpoint_dir is not None and world == 1 else None
+    ck_every = float(checkpoint_seconds if checkpoint_seconds is not None
+                     else os.environ.get("GORACS_TRAIN_CHECKPOINT_SECONDS", 120))
+    ck = _load_state(ck_file, key)
+    if ck is not None:
+        set_peft_model_state_dict(unwrapped, ck["lora"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        history, init_loss = ck["history"], ck["init_loss"]
+        best, best_step, best_state, bad_evals = ck["best"], ck["best_step"], ck["best_state"], ck["bad_evals"]
+        step, stopped_early, running, running_n = ck["step"], False, ck["running"], ck["running_n"]
+        t0, c0 = t0 - ck["wall_s"], c0 - ck["cpu_s"]
+        log.info("continuing the training from step %d of %d (%s)", step, total_steps, ck_file)
+    else:
+        history: list[dict[str, Any]] = []
+        init_loss = val_loss()
+        history.append({"step": 0, "epoch": 0.0, "val_loss": init_loss})
+        if logger is not None and acc.is_main_process:
+            logger.log_metrics({"val/loss": init_loss}, step=0)
+        best, best_step, best_state, bad_evals = math.inf, 0, None, 0
+        step, stopped_early, running, running_n = 0, False, 0.0, 0
+    ck_time = time.time()
     ddp_model.train()
-    bar = tqdm(total=total_steps, desc=f"train {task}", disable=not (progress and acc.is_local_main_process))
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {task}",
+               disable=not (progress and acc.is_local_main_process))
     done = False
-    for epoch in range(int(c["epochs"])):
+    first_epoch, skip = (ck["epoch"], ck["micro_done"]) if ck is not None else (0, 0)
+    if ck is not None:
+        torch.set_rng_state(ck["rng"])  # LoRA dropout draws from it; validation (eval mode) draws nothing
+    for epoch in range(first_epoch, int(c["epochs"])):
+        if ck is not None and epoch == first_epoch:
+            g.set_state(ck["g_epoch"])  # the epoch's shuffle is drawn from g when its iterator starts
+        g_epoch = g.get_state()
         for i, batch in enumerate(train_dl):
+            if epoch == first_epoch and i < skip:
+                continue
             last_micro = (i + 1) % accum == 0 or i + 1 == micro_per_epoch
             n_micro = accum if (i // accum + 1) * accum <= micro_per_epoch else micro_per_epoch % accum
             sync = last_micro or world == 1 or is_ds
@@ -259,6 +290,15 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
                 done = True
             if done:
                 break
+            if ck_file is not None and i + 1 < micro_per_epoch and time.time() - ck_time >= ck_every:
+                _save_state(ck_file, {
+                    "key": key, "epoch": epoch, "micro_done": i + 1, "g_epoch": g_epoch, "rng": torch.get_rng_state(),
+                    "lora": _lora_state(unwrapped), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "history": history, "init_loss": init_loss, "best": best, "best_step": best_step,
+                    "best_state": best_state, "bad_evals": bad_evals, "step": step, "running": running,
+                    "running_n": running_n, "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0})
+                ck_time = time.time()
+                _checkpointed(step)
         if done:
             break
     bar.close()
@@ -302,6 +342,7 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
         "n_truncated_val": n_trunc_val, "trainable_params": int(n_trainable), "wall_s": round(time.time() - t0, 2),
         "cpu_s": round(time.process_time() - c0, 2),
         "adapter_dir": str(adapter_dir), "adapter": adapter_info, "history": history, "resumed": False,
+        "continued_from_step": ck["step"] if ck is not None else None,
         "distributed_type": str(acc.distributed_type), "in_memory_is_best": not sharded,
         "config": {k: v for k, v in c.items() if k != "task_overrides"},
         "init_adapter": str(init_adapter) if init_adapter is not None else None,
@@ -314,6 +355,34 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
                                 "train/wall_s": report["wall_s"]})
     unwrapped.eval()
     return unwrapped, report
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a training checkpoint atomically (a kill while writing leaves the previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path | None, key: str) -> dict[str, Any] | None:
+    """The checkpoint of this run (same key), or None (none, another run's, or unreadable: then training starts
+    over, which is always correct)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated file from an older writer: start over
+        log.warning("ignoring the unreadable training checkpoint %s (%s)", path, e)
+        return None
+    if state.get("key") != key:
+        log.warning("ignoring the training checkpoint %s: it belongs to another config or data", path)
+        return None
+    return state
+
+
+def _checkpointed(step: int) -> None:
+    """Called after each checkpoint is written (a seam for tests that interrupt a run there)."""
 
 
 def _snapshot(acc, ddp_model, unwrapped, sharded: bool) -> dict[str, torch.Tensor]:
