@@ -82,6 +82,8 @@ class StageCache:
         # only the lock holder builds, so temporary folders of this key belong to builders that died
         for tmp in final.parent.glob(f".{final.name}.*.tmp"):
             shutil.rmtree(tmp, ignore_errors=True)
+        if (final / DONE).exists():  # a builder killed between completing the artifact and removing its scratch
+            shutil.rmtree(final.with_name(f".{final.name}.scratch"), ignore_errors=True)
         if final.exists() and not (final / DONE).exists():  # an incomplete folder from an older version's build
             stale = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.stale.tmp")
             with contextlib.suppress(OSError):

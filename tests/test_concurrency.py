@@ -126,6 +126,10 @@ def test_a_builds_scratch_survives_a_failed_build_and_goes_with_the_complete_art
         with cache.build("train", {"k": 1}) as tmp:
             (tmp / "adapter.txt").write_text("done")
     assert cache.done("train", {"k": 1}) and not scratch.exists()
+    # a builder killed between completing the artifact and removing its scratch: the next lock holder removes it
+    scratch.mkdir()
+    with cache.lock("train", {"k": 1}):
+        assert not scratch.exists()
     assert not cache.scratch("train", {"k": 2}).exists()
 
 SMALL = ["model=tiny", "train=tiny", "train.epochs=1", "logger=none", "progress=false",

@@ -268,10 +268,21 @@ def test_an_interrupted_training_continues_from_its_checkpoint_to_the_same_adapt
     assert rep["history"] == ref["history"] and rep["best_step"] == ref["best_step"]
     assert got.keys() == ref_w.keys() and all(torch.equal(got[k], ref_w[k]) for k in got)
 
+    # step 3: killed right after an evaluation (and its early-stopping bookkeeping)
+    got3, rep3 = _interrupted_run(tmp_path / "3", tiny_cfg, monkeypatch, cfg, kill_step=3)
+    assert rep3["continued_from_step"] == 3 and rep3["history"] == ref["history"]
+    assert all(torch.equal(got3[k], ref_w[k]) for k in got3)
+
     bad, _ = _interrupted_run(tmp_path / "2", tiny_cfg, monkeypatch, cfg, kill_step=5, restore_rng=False)
     assert any(not torch.equal(bad[k], ref_w[k]) for k in bad)
 
-    # a checkpoint of another config is not continued from
+    # a checkpoint of another format (an older code's) or of another config is not continued from
+    from goracs.train.loop import CHECKPOINT_FORMAT
+
+    state = torch.load(tmp_path / "1" / "ckpt" / "train_state.pt", weights_only=False)
+    torch.save({**state, "format": CHECKPOINT_FORMAT - 1}, tmp_path / "old.pt")
+    assert loop._load_state(tmp_path / "old.pt", state["key"]) is None
+    assert loop._load_state(tmp_path / "1" / "ckpt" / "train_state.pt", state["key"])["step"] == 7  # the last
     _, rep3 = train_lora(tiny_llama(seed=0)[0], tok, df, df, "seqrec", {**cfg, "lr": 1e-2}, tmp_path / "c",
                          checkpoint_dir=tmp_path / "1" / "ckpt", checkpoint_seconds=1e9)
     assert rep3["continued_from_step"] is None and rep3["steps"] == 8

@@ -25,6 +25,8 @@ from goracs.train.config import TrainError, eval_cadence, train_config
 from goracs.train.encoding import collate, ctr_yes_no, encode_samples, per_sample, token_losses
 
 log = logging.getLogger(__name__)
+# Bump when the checkpoint's fields change: an older file is then ignored (training starts over) instead of failing.
+CHECKPOINT_FORMAT = 1
 
 
 
@@ -213,7 +215,8 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
         ddp_model.train()
         return float(torch.cat(losses).mean())
 
-    ck_file = Path(checkpoint_dir) / "train_state.pt" if checkpoint_dir is not None and world == 1 else None
+    ck_file = (Path(checkpoint_dir) / "train_state.pt" if checkpoint_dir is not None and world == 1 and not sharded
+               else None)  # one process: sharded or distributed states are not gathered here
     ck_every = float(checkpoint_seconds if checkpoint_seconds is not None
                      else os.environ.get("GORACS_TRAIN_CHECKPOINT_SECONDS", 120))
     ck = _load_state(ck_file, key)
@@ -224,6 +227,8 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
         history, init_loss = ck["history"], ck["init_loss"]
         best, best_step, best_state, bad_evals = ck["best"], ck["best_step"], ck["best_state"], ck["bad_evals"]
         step, stopped_early, running, running_n = ck["step"], False, ck["running"], ck["running_n"]
+        if acc.scaler is not None and ck["scaler"] is not None:
+            acc.scaler.load_state_dict(ck["scaler"])
         t0, c0 = t0 - ck["wall_s"], c0 - ck["cpu_s"]
         log.info("continuing the training from step %d of %d (%s)", step, total_steps, ck_file)
     else:
@@ -242,6 +247,8 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
     first_epoch, skip = (ck["epoch"], ck["micro_done"]) if ck is not None else (0, 0)
     if ck is not None:
         torch.set_rng_state(ck["rng"])  # LoRA dropout draws from it; validation (eval mode) draws nothing
+        if ck["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
     for epoch in range(first_epoch, int(c["epochs"])):
         if ck is not None and epoch == first_epoch:
             g.set_state(ck["g_epoch"])  # the epoch's shuffle is drawn from g when its iterator starts
@@ -292,7 +299,10 @@ def train_lora(model, tokenizer, train_df, val_df, task: str, cfg: Any, out_dir:
                 break
             if ck_file is not None and i + 1 < micro_per_epoch and time.time() - ck_time >= ck_every:
                 _save_state(ck_file, {
-                    "key": key, "epoch": epoch, "micro_done": i + 1, "g_epoch": g_epoch, "rng": torch.get_rng_state(),
+                    "format": CHECKPOINT_FORMAT, "key": key, "epoch": epoch,
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                    "micro_done": i + 1, "g_epoch": g_epoch, "rng": torch.get_rng_state(),
                     "lora": _lora_state(unwrapped), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "history": history, "init_loss": init_loss, "best": best, "best_step": best_step,
                     "best_state": best_state, "bad_evals": bad_evals, "step": step, "running": running,
@@ -374,6 +384,9 @@ def _load_state(path: Path | None, key: str) -> dict[str, Any] | None:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - a truncated file from an older writer: start over
         log.warning("ignoring the unreadable training checkpoint %s (%s)", path, e)
+        return None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        log.warning("ignoring the training checkpoint %s: not of this code's format %d", path, CHECKPOINT_FORMAT)
         return None
     if state.get("key") != key:
         log.warning("ignoring the training checkpoint %s: it belongs to another config or data", path)
