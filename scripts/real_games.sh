@@ -11,7 +11,8 @@
 #   bash scripts/real_games.sh proxy            # extra random subsets for the proxy check
 #   bash scripts/real_games.sh report           # tables, intervals, figures into results/real_games/
 #   bash scripts/real_games.sh queue1           # one core: the CTR steps in the study's order of priority
-#   bash scripts/real_games.sh queue2           # the other core: the SeqRec table
+#   bash scripts/real_games.sh queue2           # the other core: the SeqRec table, then the pilot's last rows and
+#                                               # GraNd / EL2N within classes (queue1 never runs these)
 # LAUNCHER=cpu2 runs two jobs at a time (both cores), LAUNCHER=basic one (leaves a core free; the default).
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # for the queues, which call this script's steps
@@ -49,9 +50,11 @@ case "$step" in
     bash "$SELF" ctr "$@"
     bash "$SELF" proxy "$@"
     bash "$SELF" sweeps "$@"
+    ;;
+  queue2)  # about as long as queue1 (each ~13-14 CPU-hours from the 2026-11-30 evening on): never the same job twice
+    bash "$SELF" seqrec "$@"
     bash "$SELF" pilot "$@"
     bash "$SELF" stratified "$@"
     ;;
-  queue2) bash "$SELF" seqrec "$@" ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac
