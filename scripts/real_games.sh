@@ -7,6 +7,7 @@
 #   bash scripts/real_games.sh seeds            # GORACS and random at 5 more seeds (3-7), into the CTR table
 #   bash scripts/real_games.sh stratified       # GraNd and EL2N within classes (not in the paper), into the CTR table
 #   bash scripts/real_games.sh seqrec           # the SeqRec table
+#   bash scripts/real_games.sh seqrec_control   # SeqRec with no fine-tuning (the table's evaluation), its own folder
 #   bash scripts/real_games.sh sweeps           # lambda and budget sweeps
 #   bash scripts/real_games.sh proxy            # extra random subsets for the proxy check
 #   bash scripts/real_games.sh report           # tables, intervals, figures into results/real_games/
@@ -24,7 +25,7 @@ export WANDB_MODE=${WANDB_MODE:-offline}
 # Progress bars stay on (training steps, scoring, generation): the logs show where a long job stands.
 run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" -m goracs -m hydra/launcher="$LAUNCHER" logger=none "$@"; }
 
-step=${1:?usage: real_games.sh pilot|ctr|seeds|stratified|seqrec|sweeps|proxy|report|queue1|queue2}
+step=${1:?usage: real_games.sh pilot|ctr|seeds|stratified|seqrec|seqrec_control|sweeps|proxy|report|queue1|queue2}
 shift
 case "$step" in
   pilot)  # progress=false as when its first rows ran: the pilot's folder names include it
@@ -38,6 +39,7 @@ case "$step" in
   seeds) run experiment=table_real_cpu_seeds "$@" ;;
   stratified) run experiment=table_real_cpu_stratified "$@" ;;   # GraNd and EL2N within classes (an extension)
   seqrec) run experiment=table_real_cpu_seqrec "$@" ;;
+  seqrec_control) run experiment=pilot_real_cpu_seqrec "$@" ;;   # SmolLM2 with no fine-tuning, as the SeqRec table
   sweeps)
     run experiment=sweep_lambda_real_cpu "$@"
     run experiment=sweep_budget_real_cpu "$@"
@@ -52,6 +54,7 @@ case "$step" in
     bash "$SELF" sweeps "$@"
     ;;
   queue2)  # about as long as queue1 (each ~13-14 CPU-hours from the 2026-11-30 evening on): never the same job twice
+    bash "$SELF" seqrec_control "$@"
     bash "$SELF" seqrec "$@"
     bash "$SELF" pilot "$@"
     bash "$SELF" stratified "$@"

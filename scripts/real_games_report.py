@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from goracs.io import write_text  # noqa: E402
 from goracs.report import plots  # noqa: E402
-from goracs.report.aggregate import collect, load_predictions, provenance, write_tables  # noqa: E402
+from goracs.report.aggregate import collect, load_predictions, provenance, sample_metric, write_tables  # noqa: E402
 from goracs.report.stats import bootstrap_ci, mean_ci, spearman_ci  # noqa: E402
 
 
@@ -48,6 +48,35 @@ def pilot_table(root: Path) -> str:
         lines.append(f"| {label} | {int(r['budget'])} | {auc} | {r['logloss']:.4f} | {steps} | "
                      f"{tr.get('best_val_loss') if tr.get('best_val_loss') is None else round(tr['best_val_loss'], 4)}"
                      f" | {r.get('wall_seconds', float('nan')):.0f} | {r.get('cpu_seconds', float('nan')):.0f} |")
+    return provenance(runs, [root]) + "\n".join(lines) + "\n"
+
+
+def seqrec_control_table(root: Path, table_root: Path) -> str:
+    """The SeqRec control (no fine-tuning) next to the table: HR / NDCG at 5 and 10 with bootstrap intervals over
+    test samples, and the share of test samples whose target rank equals a fine-tuned table run's of the same seed."""
+    runs = collect([root]) if root.exists() else pd.DataFrame()
+    if runs.empty:
+        return "No SeqRec control runs yet.\n"
+    table = collect([table_root]) if table_root.exists() else pd.DataFrame()
+    if not table.empty:
+        table = table[table["task"] == "seqrec"]
+    lines = ["| run | HR@5 | HR@10 | NDCG@5 | NDCG@10 | same target rank as the fine-tuned runs of its seed |",
+             "|---|---|---|---|---|---|"]
+    for r in runs.sort_values("seed").to_dict("records"):
+        pred = load_predictions(r["run_dir"])
+        rank = np.asarray(pred["rank"], dtype=float)
+        cells = []
+        for name in ("hr@5", "hr@10", "ndcg@5", "ndcg@10"):
+            v, lo, hi = bootstrap_ci(rank, rank, metric=sample_metric(name))
+            cells.append(f"{v:.4f} [{lo:.4f}, {hi:.4f}]")
+        same = []
+        for t in (table[table["seed"] == r["seed"]].to_dict("records") if not table.empty else []):
+            other = load_predictions(t["run_dir"])
+            if other and other.get("ids") == pred.get("ids"):
+                same.append(f"{t['selector']} {np.mean(np.asarray(other['rank']) == rank):.0%}")
+        tr = json.loads((Path(r["run_dir"]) / "metrics.json").read_text()).get("train_report") or {}
+        label = "zero-shot (no fine-tuning)" if tr.get("steps") == 0 else r["selector"]
+        lines.append(f"| {label}, seed {int(r['seed'])} | " + " | ".join(cells) + f" | {', '.join(same) or '-'} |")
     return provenance(runs, [root]) + "\n".join(lines) + "\n"
 
 
@@ -239,6 +268,8 @@ def main() -> int:
     parts = ["# Real Games study: generated numbers", "",
              "Written by `bash scripts/real_games.sh report` from the runs finished so far; the README reads them.", "",
              "## Pilot", "", pilot_table(outputs / "pilot_real_cpu"),
+             "## SeqRec control: no fine-tuning", "",
+             seqrec_control_table(outputs / "pilot_real_cpu_seqrec", outputs / "table_real_cpu"),
              "## CTR differences to random, seed by seed", "",
              seed_paired(collect(tables) if tables[0].exists() else pd.DataFrame(), rows=seed_rows),
              differences_figure(res, seed_rows, figs), "## Sweeps", "",

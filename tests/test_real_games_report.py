@@ -84,3 +84,34 @@ def test_proxy_points_are_distinct_subsets_by_their_indices(tmp_path):
     assert ids[0] == ids[1] != ids[2]
     # without a coreset file: selector, lambda and POO (a missing lambda is "-", not dropped)
     assert mod.subset_id(pd.Series({"selector": "random", "lam": None, "poo": 0.3})) == "random|-|0.3"
+
+
+def test_seqrec_control_reads_ranks_with_intervals_and_agreement(tmp_path):
+    """The SeqRec control table: HR / NDCG from the per-sample ranks (with a bootstrap interval) and the share of
+    test samples whose target rank equals the fine-tuned table run's of the same seed."""
+    mod = _report_module()
+    ranks = np.array([0, 3, 7, 50] * 25)  # HR@5 = 0.5, HR@10 = 0.75
+    ctrl = tmp_path / "pilot_real_cpu_seqrec" / "seed=0,selector=random"
+    tab = tmp_path / "table_real_cpu" / "seqrec_seed=0,selector=random"
+    other = ranks.copy()
+    other[:10] = 99  # 10 of 100 samples ranked differently by the fine-tuned run
+    for d, r, steps in ((ctrl, ranks, 0), (tab, other, 32)):
+        d.mkdir(parents=True)
+        m = {"dataset": "games_recbole", "task": "seqrec", "selector": "random", "budget": 128, "lam": None,
+             "seed": 0, "hr@5": float((r < 5).mean()), "hr@10": float((r < 10).mean()), "ndcg@5": 0.0,
+             "ndcg@10": 0.0, "train_report": {"steps": steps}}
+        (d / "metrics.json").write_text(json.dumps(m))
+        (d / "predictions.json").write_text(json.dumps({"task": "seqrec", "ids": list(range(100)),
+                                                        "rank": r.tolist()}))
+        (d / "run_info.json").write_text(json.dumps({"git": {"commit": "abc1234def", "dirty": False},
+                                                     "argv": ["goracs/__main__.py", "-m", "experiment=x"]}))
+    text = mod.seqrec_control_table(tmp_path / "pilot_real_cpu_seqrec", tmp_path / "table_real_cpu")
+    row = next(line for line in text.splitlines() if line.startswith("| zero-shot"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "zero-shot (no fine-tuning), seed 0" and cells[1].startswith("0.5000 [")
+    assert cells[2].startswith("0.7500 [") and cells[5] == "random 90%"
+    lo, hi = (float(x) for x in cells[1].split("[")[1].rstrip("]").split(","))
+    assert lo < 0.5 < hi and hi - lo < 0.3
+    ndcg10 = np.mean(np.where(ranks < 10, 1 / np.log2(ranks + 2.0), 0.0))
+    assert cells[4].startswith(f"{ndcg10:.4f} [")
+    assert "No SeqRec control runs yet." in mod.seqrec_control_table(tmp_path / "missing", tmp_path)
