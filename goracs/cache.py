@@ -49,6 +49,11 @@ def made_by() -> dict[str, Any]:
     return {**_MADE_BY, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid()}
 
 
+def _scratch_of(final: Path) -> Path:
+    """The scratch folder beside an artifact's folder (not a `*.tmp`: the lock holder's clean-up keeps it)."""
+    return final.with_name(f".{final.name}.scratch")
+
+
 class StageCache:
     """Cache folders under `root/<stage>/<key>`; a folder counts only once its `_DONE` marker exists."""
 
@@ -66,8 +71,7 @@ class StageCache:
     def scratch(self, stage: str, key: Any) -> Path:
         """A folder for a build's resumable progress (a training checkpoint): it survives a killed builder, so the
         next builder of the same key continues from it, and is removed once the artifact is complete."""
-        final = self.path(stage, key)
-        return final.with_name(f".{final.name}.scratch")
+        return _scratch_of(self.path(stage, key))
 
     @contextlib.contextmanager
     def lock(self, stage: str, key: Any) -> Iterator[Path]:
@@ -83,7 +87,7 @@ class StageCache:
         for tmp in final.parent.glob(f".{final.name}.*.tmp"):
             shutil.rmtree(tmp, ignore_errors=True)
         if (final / DONE).exists():  # a builder killed between completing the artifact and removing its scratch
-            shutil.rmtree(final.with_name(f".{final.name}.scratch"), ignore_errors=True)
+            shutil.rmtree(_scratch_of(final), ignore_errors=True)
         if final.exists() and not (final / DONE).exists():  # an incomplete folder from an older version's build
             stale = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.stale.tmp")
             with contextlib.suppress(OSError):
@@ -104,7 +108,7 @@ class StageCache:
             write_json(tmp / "made_by.json", made_by())
             (tmp / DONE).touch()
             if (final / DONE).exists():
-                shutil.rmtree(final.with_name(f".{final.name}.scratch"), ignore_errors=True)
+                shutil.rmtree(_scratch_of(final), ignore_errors=True)
                 return  # same key, same content: keep the folder a reader may already be using
             if final.exists():  # incomplete: move it aside atomically (never delete in place)
                 stale = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.stale.tmp")
@@ -116,7 +120,7 @@ class StageCache:
             except OSError:
                 if not (final / DONE).exists():  # not a concurrent winner: a real error
                     raise
-            shutil.rmtree(final.with_name(f".{final.name}.scratch"), ignore_errors=True)
+            shutil.rmtree(_scratch_of(final), ignore_errors=True)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -33,7 +33,6 @@ def pilot_table(root: Path) -> str:
     lines = ["| run | coreset | AUC [95 % bootstrap over test samples] | log-loss | optimizer steps | best val loss "
              "| wall s | CPU s |", "|---|---|---|---|---|---|---|---|"]
     for r in runs.sort_values("budget").to_dict("records"):
-        steps = r.get("train_report.steps")
         info = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
         tr = info.get("train_report") or {}
         steps = tr.get("steps")
