@@ -85,8 +85,29 @@ def test_provenance_reads_the_commits_of_the_runs(tmp_path):
     write_tables([tmp_path / "runs"], tmp_path / "results")
     md = (tmp_path / "results" / "table_ctr.md").read_text()
     assert ("code commit(s) abcdef1, abcdef1+dirty. Command(s):\n"
-            "- `python -m goracs -m experiment=table_x seed=0,1,2`") in md
+            "1. `python -m goracs -m experiment=table_x seed=0,1,2`") in md
     assert "Command" not in (tmp_path / "results" / "table_seqrec.md").read_text()  # its runs record no argv
+
+
+def test_every_row_names_its_seeds_commits_and_commands(tmp_path):
+    """Two commits and two commands ran one row's seeds: the md and the csv say which ran which."""
+    fake_runs(tmp_path / "runs")
+    dirs = sorted((tmp_path / "runs").glob("run*_ctr"))  # run1-3: goracs seeds 0-2; run4-6: random seeds 0-2
+    for k, d in enumerate(dirs):
+        late = k in (2, 5)  # seed 2 of each row ran later, from another commit and command
+        git = {"commit": ("2222222" if late else "1111111") + "abcdef", "dirty": False}
+        argv = ["/x/goracs/__main__.py", "-m", "experiment=table_seeds" if late else "experiment=table_x"]
+        (d / "run_info.json").write_text(json.dumps({"git": git, "argv": argv}))
+    (dirs[0] / "run_info.json").unlink()  # a run without a record is named, not dropped
+    write_tables([tmp_path / "runs"], tmp_path / "results")
+    md = (tmp_path / "results" / "table_ctr.md").read_text()
+    assert "1. `python -m goracs -m experiment=table_seeds`\n2. `python -m goracs -m experiment=table_x`" in md
+    assert ("- `goracs` 64, lambda 0.5: seeds 0 at unknown; 1 at 1111111 by command 2; 2 at 2222222 by command 1"
+            in md)
+    assert "- `random` 64: seeds 0-1 at 1111111 by command 2; 2 at 2222222 by command 1" in md
+    assert md.index("- `random` 64:") < md.index("| dataset |")
+    csv = pd.read_csv(tmp_path / "results" / "table_ctr.csv").set_index("selector")
+    assert csv.loc["random", "origin"] == "seeds 0-1 at 1111111 by command 2; 2 at 2222222 by command 1"
 
 
 def test_a_task_without_runs_keeps_its_table(tmp_path):

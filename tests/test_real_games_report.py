@@ -66,7 +66,7 @@ def test_report_joins_the_lambda_curve_and_reports_costs_as_built(tmp_path, monk
     assert "| goracs | 64 | 0: +0.1000, 1: +0.1100, 2: +0.1200 | +0.1100 [+0.0852, +0.1348] |" in numbers
     assert "| goracs_lam0 | 64 | 0: +0.0800 | +0.0800 |" in numbers
     table = (res / "table_ctr.md").read_text()
-    assert "code commit(s) abc1234. Command(s):\n- `python -m goracs -m experiment=x`" in table
+    assert "code commit(s) abc1234. Command(s):\n1. `python -m goracs -m experiment=x`" in table
     # proxy check: every distinct subset, random's included (lam None): 3 + 3 + 3 + 1 (the POO differs by seed here)
     assert "10 distinct fine-tuned CTR subsets" in numbers and "Random subsets alone (3)" in numbers
 

@@ -8,7 +8,7 @@ import logging
 import os
 import shlex
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -293,29 +293,77 @@ def to_markdown(summary: pd.DataFrame, task: str, paired: pd.DataFrame | None = 
     return "\n".join(lines) + "\n\n" + text + "\n"
 
 
-def provenance(runs: pd.DataFrame, roots: Iterable[str | os.PathLike]) -> str:
+def _run_origin(run_dir: str | os.PathLike) -> tuple[str, str | None]:
+    """A run's commit ('+dirty' when its checkout had uncommitted changes; 'unknown' when none is recorded) and
+    command (the recorded argv as `python -m goracs ...`; None when none is recorded), from its run_info.json."""
+    try:
+        rec = json.loads((Path(run_dir) / "run_info.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        rec = {}
+    git = rec.get("git") or {}
+    c = git.get("commit")
+    commit = f"{c[:7]}{'+dirty' if git.get('dirty') else ''}" if c else "unknown"
+    argv = rec.get("argv")
+    return commit, ("python -m goracs " + " ".join(shlex.quote(str(a)) for a in argv[1:])) if argv else None
+
+
+def _seed_span(seeds: Iterable[int]) -> str:
+    """0, 1, 2, 3, 5 -> '0-3, 5'."""
+    out: list[list[int]] = []
+    for s in sorted(set(seeds)):
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in out)
+
+
+def provenance(runs: pd.DataFrame, roots: Iterable[str | os.PathLike], by_row: str | None = None) -> str:
     """Where a table comes from: run count, folders, seeds, the commits of the runs (read from each run's
     run_info.json; '+dirty' when a run came from a checkout with uncommitted changes) and the commands that ran
-    them (the recorded argv as `python -m goracs ...`; a multirun's jobs share one)."""
+    them (the recorded argv as `python -m goracs ...`; a multirun's jobs share one), numbered. With `by_row` (a
+    task), also one line per table row: its seeds, and which commit and which numbered command ran which seeds."""
     if runs.empty:
         return ""
-    commits, commands = set(), set()
-    for d in runs["run_dir"]:
-        info = Path(d) / "run_info.json"
-        try:
-            rec = json.loads(info.read_text())
-        except (OSError, json.JSONDecodeError):
-            rec = {}
-        git = rec.get("git") or {}
-        c = git.get("commit")
-        commits.add(f"{c[:7]}{'+dirty' if git.get('dirty') else ''}" if c else "unknown")
-        if rec.get("argv"):
-            commands.add("python -m goracs " + " ".join(shlex.quote(str(a)) for a in rec["argv"][1:]))
+    origin = {d: _run_origin(d) for d in runs["run_dir"]}
+    commits = {c for c, _ in origin.values()}
+    commands = sorted({c for _, c in origin.values() if c})
+    number = {c: i + 1 for i, c in enumerate(commands)}
     seeds = sorted({int(s) for s in runs["seed"].dropna()}) if "seed" in runs else []
     folders = ", ".join(f"`{Path(r).name}/`" for r in roots)
-    cmd = "".join(f"\n- `{c}`" for c in sorted(commands))
-    return (f"From {len(runs)} runs in {folders}; seeds {', '.join(map(str, seeds)) or '-'}; "
+    cmd = "".join(f"\n{number[c]}. `{c}`" for c in commands)
+    text = (f"From {len(runs)} runs in {folders}; seeds {', '.join(map(str, seeds)) or '-'}; "
             f"code commit(s) {', '.join(sorted(commits))}." + (f" Command(s):{cmd}" if cmd else "") + "\n\n")
+    rows = row_origins(runs, by_row, origin, number) if by_row else []
+    if rows:
+        text += "Rows (seeds; the commit and command that ran them):\n" + "".join(
+            f"- {r['row']}: {r['text']}\n" for r in rows) + "\n"
+    return text
+
+
+def row_origins(runs: pd.DataFrame, task: str, origin: dict | None = None,
+                number: dict | None = None) -> list[dict[str, Any]]:
+    """Per table row (the runs `task_runs` keeps, one per row x seed): its label, GROUP values, and a text naming
+    its seeds by commit and command number, e.g. 'seeds 0-2 at 9b94b65 by command 1; 3-7 at fa67bac by command 2'."""
+    df = task_runs(runs, task)
+    if df.empty:
+        return []
+    origin = origin if origin is not None else {d: _run_origin(d) for d in df["run_dir"]}
+    if number is None:
+        number = {c: i + 1 for i, c in enumerate(sorted({c for _, c in origin.values() if c}))}
+    out = []
+    for key, part in df.groupby(GROUP, dropna=False, sort=True):
+        by: dict[tuple[str, str], list[int]] = {}
+        for d, s in zip(part["run_dir"], part["seed"]):
+            commit, command = origin.get(d) or _run_origin(d)
+            by.setdefault((commit, f" by command {number[command]}" if command in number else ""), []).append(int(s))
+        groups = sorted(by.items(), key=lambda kv: min(kv[1]))
+        text = "; ".join(f"{'seeds ' if i == 0 else ''}{_seed_span(v)} at {c}{how}"
+                         for i, ((c, how), v) in enumerate(groups))
+        rec = dict(zip(GROUP, key))
+        lam = "" if rec["lam"] == "-" else f", lambda {rec['lam']}"
+        out.append({**rec, "row": f"`{rec['selector']}` {int(rec['budget'])}{lam}", "text": text})
+    return out
 
 
 def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
@@ -340,8 +388,12 @@ def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike)
                         out_dir / f"table_{task}.md")
             out[task] = s
             continue
-        write_text(out_dir / f"table_{task}.md", f"# {task} results\n\n" + provenance(part, roots)
+        write_text(out_dir / f"table_{task}.md", f"# {task} results\n\n" + provenance(part, roots, by_row=task)
                    + to_markdown(s, task, paired, best))
+        if not s.empty:  # the csv names each row's seeds by commit and command, as the md does above its table
+            origins = {tuple(str(r[g]) for g in GROUP): r["text"] for r in row_origins(part, task)}
+            s = s.assign(origin=[origins.get(tuple(str(r[g]) for g in GROUP), "")
+                                 for r in s.to_dict("records")])
         with atomic_path(out_dir / f"table_{task}.csv") as tmp:
             s.to_csv(tmp, index=False)
         out[task] = s
