@@ -115,3 +115,24 @@ def test_seqrec_control_reads_ranks_with_intervals_and_agreement(tmp_path):
     ndcg10 = np.mean(np.where(ranks < 10, 1 / np.log2(ranks + 2.0), 0.0))
     assert cells[4].startswith(f"{ndcg10:.4f} [")
     assert "No SeqRec control runs yet." in mod.seqrec_control_table(tmp_path / "missing", tmp_path)
+
+
+def test_seed_by_seed_differences_count_wins_and_test_them_by_signed_ranks():
+    """Hand-made per-seed AUCs: GORACS above random on all 6 seeds (the exact two-sided signed-rank p of 6 positive
+    differences is 2 / 2**6 = 0.03125), k-center below on 2 of 3 (p 0.75), the mean difference and its t interval
+    as computed by hand."""
+    rep = _report_module()
+    rand = [0.55, 0.60, 0.50, 0.58, 0.52, 0.57]
+    gor = [0.56, 0.63, 0.53, 0.62, 0.57, 0.63]  # +0.01 .. +0.06, all distinct
+    kc = [0.54, 0.55, 0.52]  # -0.01, -0.05, +0.02: W+ = 2, P(W+ <= 2) = 3 / 8, two-sided 0.75
+    rows = ([{"task": "ctr", "selector": "random", "budget": 64, "seed": s, "auc": a} for s, a in enumerate(rand)]
+            + [{"task": "ctr", "selector": "goracs", "budget": 64, "seed": s, "auc": a} for s, a in enumerate(gor)]
+            + [{"task": "ctr", "selector": "kcenter", "budget": 64, "seed": s, "auc": a} for s, a in enumerate(kc)])
+    out = rep.seed_paired(pd.DataFrame(rows)).splitlines()
+    g = next(line for line in out if line.startswith("| goracs |")).split(" | ")
+    assert g[4] == "6 of 6" and g[5] == "0.031 |"
+    d = np.array(gor) - np.array(rand)
+    half = 2.5706 * d.std(ddof=1) / np.sqrt(6)  # t quantile, 5 degrees of freedom
+    assert g[3] == f"{d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}]"
+    k = next(line for line in out if line.startswith("| kcenter |")).split(" | ")
+    assert k[4] == "1 of 3" and k[5] == "0.750 |"
