@@ -87,8 +87,9 @@ def test_proxy_points_are_distinct_subsets_by_their_indices(tmp_path):
 
 
 def test_seqrec_control_reads_ranks_with_intervals_and_agreement(tmp_path):
-    """The SeqRec control table: HR / NDCG from the per-sample ranks (with a bootstrap interval) and the share of
-    test samples whose target rank equals the fine-tuned table run's of the same seed."""
+    """The SeqRec control table: HR / NDCG from the per-sample ranks (with a bootstrap interval), the share of
+    test samples whose target rank equals the fine-tuned table run's of the same seed, and the fine-tuned row
+    minus the control with its paired interval."""
     mod = _report_module()
     ranks = np.array([0, 3, 7, 50] * 25)  # HR@5 = 0.5, HR@10 = 0.75
     ctrl = tmp_path / "pilot_real_cpu_seqrec" / "seed=0,selector=random"
@@ -114,6 +115,12 @@ def test_seqrec_control_reads_ranks_with_intervals_and_agreement(tmp_path):
     assert lo < 0.5 < hi and hi - lo < 0.3
     ndcg10 = np.mean(np.where(ranks < 10, 1 / np.log2(ranks + 2.0), 0.0))
     assert cells[4].startswith(f"{ndcg10:.4f} [")
+    # fine-tuned minus control: the 10 re-ranked samples held 6 of the control's HR@5 hits, so HR@5 falls by 0.06,
+    # all in one direction: the paired interval excludes 0
+    gain = next(line for line in text.splitlines() if line.startswith("| random 128 (0) |"))
+    d_hr5 = [c.strip() for c in gain.strip("|").split("|")][1]
+    assert d_hr5.startswith("-0.0600 [") and d_hr5.endswith("] *")
+    assert float(d_hr5.split("[")[1].split(",")[1].split("]")[0]) < 0
     assert "No SeqRec control runs yet." in mod.seqrec_control_table(tmp_path / "missing", tmp_path)
 
 
