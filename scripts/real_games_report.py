@@ -157,7 +157,8 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
     fine-tunes fixed). With 3 seeds the interval is wide (t 4.30): a difference it excludes 0 for is robust to the
     fine-tuning seed as well as to the test sample. Also: the seeds on which the selector is above random, and the
     two-sided p of the Wilcoxon signed-rank test on the per-seed differences (exact; no normality assumed; with 3
-    seeds it cannot go below 0.25, with 8 it can reach 0.008)."""
+    seeds it cannot go below 0.25, with 8 it can reach 0.008); the spread of the metric over the same seeds for
+    both, and the p of Levene's test (median-centred: Brown-Forsythe) that the two spreads are equal."""
     if runs.empty:
         return "No runs yet.\n"
     df = runs[runs["task"] == task]
@@ -165,7 +166,8 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
     if ref.empty:
         return f"No {reference} runs yet.\n"
     lines = [f"| selector | budget | {metric.upper()} minus {reference}, per seed | mean [95 % t over seeds] | "
-             f"seeds above {reference} | Wilcoxon p |", "|---|---|---|---|---|---|"]
+             f"seeds above {reference} | Wilcoxon p | SD over seeds ({reference}'s) | Levene p |",
+             "|---|---|---|---|---|---|---|---|"]
     for (sel, b), part in df[df["selector"] != reference].groupby(["selector", "budget"]):
         budgets = ref.index.get_level_values(0)
         rb = b if b in budgets else budgets.value_counts().idxmax()  # the full row: random at the table's budget
@@ -178,8 +180,12 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
         ci = f"{m:+.4f}" if np.isnan(lo) else f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
         v = np.array(list(d.values()))
         p = float(stats.wilcoxon(v).pvalue) if np.count_nonzero(v) > 0 and len(v) > 1 else float("nan")
+        mine = np.array([float(x) for s, x in part.groupby("seed")[metric].mean().items() if int(s) in d])
+        theirs = np.array([float(ref[(rb, s)]) for s in sorted(d)])
+        sd = f"{np.std(mine, ddof=1):.4f} ({np.std(theirs, ddof=1):.4f})" if len(v) > 1 else "-"
+        lev = float(stats.levene(mine, theirs).pvalue) if len(v) > 2 else float("nan")
         lines.append(f"| {sel} | {int(b)} | {per} | {ci} | {int((v > 0).sum())} of {len(v)} | "
-                     f"{'-' if np.isnan(p) else f'{p:.3f}'} |")
+                     f"{'-' if np.isnan(p) else f'{p:.3f}'} | {sd} | {'-' if np.isnan(lev) else f'{lev:.3f}'} |")
         if rows is not None:
             rows.append({"label": f"{sel} ({int(b)})", "view": "seed by seed (t over seeds)", "diff": m, "lo": lo,
                          "hi": hi})

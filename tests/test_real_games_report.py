@@ -137,9 +137,17 @@ def test_seed_by_seed_differences_count_wins_and_test_them_by_signed_ranks():
             + [{"task": "ctr", "selector": "kcenter", "budget": 64, "seed": s, "auc": a} for s, a in enumerate(kc)])
     out = rep.seed_paired(pd.DataFrame(rows)).splitlines()
     g = next(line for line in out if line.startswith("| goracs |")).split(" | ")
-    assert g[4] == "6 of 6" and g[5] == "0.031 |"
+    assert g[4] == "6 of 6" and g[5] == "0.031"
     d = np.array(gor) - np.array(rand)
     half = 2.5706 * d.std(ddof=1) / np.sqrt(6)  # t quantile, 5 degrees of freedom
     assert g[3] == f"{d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}]"
+    assert g[6] == f"{np.std(gor, ddof=1):.4f} ({np.std(rand, ddof=1):.4f})"
+    # Levene (median-centred) by hand: a one-way ANOVA on the absolute deviations from each group's median
+    dev = [np.abs(np.array(x) - np.median(x)) for x in (gor, rand)]
+    grand = np.concatenate(dev).mean()
+    between = sum(len(x) * (x.mean() - grand) ** 2 for x in dev) / 1
+    within = sum(((x - x.mean()) ** 2).sum() for x in dev) / (12 - 2)
+    from scipy import stats
+    assert g[7] == f"{stats.f.sf(between / within, 1, 10):.3f} |"
     k = next(line for line in out if line.startswith("| kcenter |")).split(" | ")
-    assert k[4] == "1 of 3" and k[5] == "0.750 |"
+    assert k[4] == "1 of 3" and k[5] == "0.750"
