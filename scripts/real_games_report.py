@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from goracs.io import write_text  # noqa: E402
 from goracs.report import plots  # noqa: E402
-from goracs.report.aggregate import collect, load_predictions, provenance, sample_metric, write_tables  # noqa: E402
+from goracs.report.aggregate import (collect, load_predictions, provenance, sample_metric, task_runs,  # noqa: E402
+                                     write_tables)
 from goracs.report.stats import bootstrap_ci, mean_ci, paired_difference, spearman_ci  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def pilot_table(root: Path) -> str:
     if runs.empty:
         return "No pilot runs yet.\n"
     lines = ["| run | coreset | AUC [95 % bootstrap over test samples] | log-loss | optimizer steps | best val loss "
-             "| wall s | CPU s |", "|---|---|---|---|---|---|---|---|"]
+             "| wall s as built | CPU s as built |", "|---|---|---|---|---|---|---|---|"]
     for r in runs.sort_values("budget").to_dict("records"):
         info = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
         tr = info.get("train_report") or {}
@@ -45,10 +46,13 @@ def pilot_table(root: Path) -> str:
             auc = f"{v:.4f} [{lo:.4f}, {hi:.4f}]"
         else:
             auc = f"{r['auc']:.4f}"
-        lines.append(f"| {label} | {int(r['budget'])} | {auc} | {r['logloss']:.4f} | {steps} | "
+        wall, cpu = job_cost(r["run_dir"])  # its stages as built, not a re-run's seconds from the cache
+        cost = ("not recorded | not recorded" if np.isnan(wall) else f"{wall:.0f} | {cpu:.0f}")
+        lines.append(f"| {label} | {'-' if steps == 0 else int(r['budget'])} | {auc} | {r['logloss']:.4f} | {steps} | "
                      f"{tr.get('best_val_loss') if tr.get('best_val_loss') is None else round(tr['best_val_loss'], 4)}"
-                     f" | {r.get('wall_seconds', float('nan')):.0f} | {r.get('cpu_seconds', float('nan')):.0f} |")
-    return provenance(runs, [root]) + "\n".join(lines) + "\n"
+                     f" | {cost} |")
+    return (provenance(runs, [root]) + "\n".join(lines) + "\n\nA cost 'not recorded' is a run that found its stages "
+            "cached before stage times were recorded (its first run's log has the cost).\n")
 
 
 def seqrec_control_table(root: Path, table_root: Path) -> str:
@@ -92,7 +96,9 @@ def _finetune_gain(control: pd.DataFrame, table: pd.DataFrame) -> str:
              "the 95 % paired bootstrap interval over them:", "",
              "| fine-tuned row (seeds) | " + " | ".join(f"Δ{n.upper()}" for n in names) + " |",
              "|---|" + "---|" * len(names)]
-    for (sel, b), part in table.groupby(["selector", "budget"]):
+    table = task_runs(table, "seqrec")  # one run per row x seed, the newest
+    lams = table.groupby("selector")["lam"].nunique() if not table.empty else None
+    for (sel, b, lam), part in table.groupby(["selector", "budget", "lam"]) if not table.empty else []:
         preds = [load_predictions(d) for d in part["run_dir"]]
         if any(q is None or q.get("ids") != ids for q in preds):
             continue
@@ -102,7 +108,8 @@ def _finetune_gain(control: pd.DataFrame, table: pd.DataFrame) -> str:
             d, lo, hi = paired_difference(np.zeros(len(ids)), ranks, base_ranks, metric=sample_metric(n))
             cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" + (" *" if lo > 0 or hi < 0 else ""))
         seeds = ",".join(str(int(v)) for v in sorted(part["seed"]))
-        lines.append(f"| {sel} {int(b)} ({seeds}) | " + " | ".join(cells) + " |")
+        name = sel if lams[sel] == 1 else f"{sel} (lambda {lam})"
+        lines.append(f"| {name} {int(b)} ({seeds}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 5 else ""
 
 
@@ -125,6 +132,10 @@ def times_table(runs: pd.DataFrame) -> str:
     if runs.empty or "wall_seconds" not in runs:
         return "No runs yet.\n"
     runs = runs.copy()
+    # an evaluation of the base model (no optimizer step) is its own row, not a job of the selector it names
+    zero = [((json.loads((Path(d) / "metrics.json").read_text()).get("train_report") or {}).get("steps") == 0)
+            for d in runs["run_dir"]]
+    runs["selector"] = np.where(zero, "zero-shot (" + runs["selector"].astype(str) + ")", runs["selector"])
     cost = [job_cost(d) for d in runs["run_dir"]]
     runs["wall_seconds"] = [c[0] for c in cost]
     runs["cpu_seconds"] = [c[1] for c in cost]
@@ -158,17 +169,23 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
     fine-tuning seed as well as to the test sample. Also: the seeds on which the selector is above random, and the
     two-sided p of the Wilcoxon signed-rank test on the per-seed differences (exact; no normality assumed; with 3
     seeds it cannot go below 0.25, with 8 it can reach 0.008); the spread of the metric over the same seeds for
-    both, and the p of Levene's test (median-centred: Brown-Forsythe) that the two spreads are equal."""
+    both, and the p of Levene's test (median-centred: Brown-Forsythe) that the two spreads are equal (approximate: it
+    treats the two rows' seeds as independent, though they share the fine-tuning seed)."""
     if runs.empty:
         return "No runs yet.\n"
-    df = runs[runs["task"] == task]
+    df = task_runs(runs, task)  # one run per row x seed (the newest), lam "-" for selectors without one
+    if df.empty:
+        return "No runs yet.\n"
     ref = df[df["selector"] == reference].groupby(["budget", "seed"])[metric].mean()
     if ref.empty:
         return f"No {reference} runs yet.\n"
     lines = [f"| selector | budget | {metric.upper()} minus {reference}, per seed | mean [95 % t over seeds] | "
              f"seeds above {reference} | Wilcoxon p | SD over seeds ({reference}'s) | Levene p |",
              "|---|---|---|---|---|---|---|---|"]
-    for (sel, b), part in df[df["selector"] != reference].groupby(["selector", "budget"]):
+    others = df[df["selector"] != reference]
+    lams = others.groupby("selector")["lam"].nunique()
+    for (sel, b, lam), part in others.groupby(["selector", "budget", "lam"]):
+        name = sel if lams[sel] == 1 else f"{sel} (lambda {lam})"  # named by lambda where a selector has several
         budgets = ref.index.get_level_values(0)
         rb = b if b in budgets else budgets.value_counts().idxmax()  # the full row: random at the table's budget
         d = {int(s): float(v) - float(ref[(rb, s)]) for s, v in part.groupby("seed")[metric].mean().items()
@@ -184,11 +201,56 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
         theirs = np.array([float(ref[(rb, s)]) for s in sorted(d)])
         sd = f"{np.std(mine, ddof=1):.4f} ({np.std(theirs, ddof=1):.4f})" if len(v) > 1 else "-"
         lev = float(stats.levene(mine, theirs).pvalue) if len(v) > 2 else float("nan")
-        lines.append(f"| {sel} | {int(b)} | {per} | {ci} | {int((v > 0).sum())} of {len(v)} | "
+        lines.append(f"| {name} | {int(b)} | {per} | {ci} | {int((v > 0).sum())} of {len(v)} | "
                      f"{'-' if np.isnan(p) else f'{p:.3f}'} | {sd} | {'-' if np.isnan(lev) else f'{lev:.3f}'} |")
         if rows is not None:
-            rows.append({"label": f"{sel} ({int(b)})", "view": "seed by seed (t over seeds)", "diff": m, "lo": lo,
+            rows.append({"label": f"{name} ({int(b)})", "view": "seed by seed (t over seeds)", "diff": m, "lo": lo,
                          "hi": hi})
+    return "\n".join(lines) + "\n"
+
+
+def coreset_classes(runs: pd.DataFrame, task: str = "ctr") -> dict[str, tuple[int, int]]:
+    """{run folder: (positives, size)} of each CTR run's coreset, from its coreset indices and the pool its recorded
+    config draws (the prepared samples come from the cache; each distinct pool is loaded once)."""
+    from omegaconf import OmegaConf
+
+    from goracs.pipeline import pool, run_prepare
+
+    if runs.empty or "coreset" not in runs:
+        return {}
+    labels: dict[str, np.ndarray] = {}
+    out = {}
+    for r in runs[(runs["task"] == task) & runs["coreset"].notna()].to_dict("records"):
+        m = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
+        idx_path = Path(str(r["coreset"]))
+        if "dataset" not in (m.get("config") or {}) or not idx_path.exists():
+            continue
+        cfg = OmegaConf.create(m["config"])
+        cfg.progress = False
+        pk = json.dumps({"d": m["config"]["dataset"], "t": m["config"]["task"].get("pool"),
+                         "s": m["config"].get("data_seed")}, sort_keys=True, default=str)
+        if pk not in labels:
+            labels[pk] = pool(cfg, run_prepare(cfg))["train"]["label"].to_numpy()
+        y = labels[pk]
+        idx = np.load(idx_path)
+        out[r["run_dir"]] = (int((y[idx] == 1).sum()), len(idx), float((y == 1).mean()))
+    return out
+
+
+def coreset_positives(runs: pd.DataFrame, classes: dict, task: str = "ctr") -> str:
+    """How many positive ("Yes") samples each CTR coreset holds, per seed, next to the pool's share."""
+    counts: dict[tuple, dict[int, tuple[int, int]]] = {}
+    share = None
+    for r in task_runs(runs, task).to_dict("records") if not runs.empty else []:
+        if r["run_dir"] in classes:
+            k, n, share = classes[r["run_dir"]]
+            counts.setdefault((r["selector"], int(r["budget"])), {})[int(r["seed"])] = (k, n)
+    if not counts:
+        return ""
+    lines = [f"Positives in each coreset (the pool: {share:.0%} positive):", "",
+             "| selector | budget | positives of the coreset, per seed |", "|---|---|---|"]
+    for (sel, b), per in sorted(counts.items()):
+        lines.append(f"| {sel} | {b} | " + ", ".join(f"{s}: {k} of {n}" for s, (k, n) in sorted(per.items())) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -218,7 +280,9 @@ def lambda_curve(runs: pd.DataFrame) -> pd.DataFrame:
         return runs
     ctr = runs[(runs["task"] == "ctr") & (runs["budget"] == 64) & runs["selector"].isin(["goracs", "goracs_lam0"])]
     ctr = ctr.assign(selector="goracs", lam=ctr["lam"].astype(float))
-    return ctr.drop_duplicates(subset=["lam", "seed"])
+    if "_mtime" in ctr:  # a job found in two folders (a table row in a sweep) counts once, at its newest run
+        ctr = ctr.sort_values("_mtime", kind="stable")
+    return ctr.drop_duplicates(subset=["dataset", "lam", "seed"], keep="last")
 
 
 def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None) -> list[str]:
@@ -256,17 +320,20 @@ def subset_id(run: pd.Series) -> str:
     return f"{run['selector']}|{lam}|{run['poo']!r}"
 
 
-def proxy(runs: pd.DataFrame, out: Path) -> str:
+def proxy(runs: pd.DataFrame, out: Path, classes: dict | None = None) -> str:
     if runs.empty or "poo" not in runs:
         return "No proxy-check values yet.\n"
     part = runs[(runs["task"] == "ctr") & (runs["budget"] == 64)].dropna(subset=["poo", "test_loss"])
     # one point per distinct subset: a deterministic selector (GORACS) gives every seed the same coreset, which is
     # then fine-tuned with different seeds; its test loss is the mean over those fine-tunes. Subsets are told apart
     # by their indices (two selectors that chose the same 64 samples are one point).
-    part = part.assign(subset=[subset_id(r) for _, r in part.iterrows()])
+    part = part.assign(subset=[subset_id(r) for _, r in part.iterrows()],
+                       one_class=[(classes or {}).get(d, (1, 2, 0))[0] in (0, (classes or {}).get(d, (1, 2, 0))[1])
+                                  for d in part["run_dir"]])
     part = part.drop_duplicates(["subset", "seed"])  # one fine-tune found in two folders (a table row in a sweep)
     part = part.groupby("subset", as_index=False).agg(selector=("selector", "first"), poo=("poo", "mean"),
-                                                      test_loss=("test_loss", "mean"), fine_tunes=("seed", "count"))
+                                                      test_loss=("test_loss", "mean"), fine_tunes=("seed", "count"),
+                                                      one_class=("one_class", "first"))
     if len(part) < 3:
         return (f"{len(part)} distinct subsets with POO and test loss so far ({int(part['fine_tunes'].sum())} "
                 "fine-tunes): too few for a correlation.\n")
@@ -283,6 +350,13 @@ def proxy(runs: pd.DataFrame, out: Path) -> str:
             f"subsets [{lo:.3f}, {hi:.3f}].")
     if r2 is not None:
         text += (f" Random subsets alone ({len(rnd)}): {r2[0]:.3f} [{r2[1]:.3f}, {r2[2]:.3f}].")
+    two = part[~part["one_class"]]
+    if part["one_class"].any() and len(two) >= 3:
+        r3 = spearman_ci(two["poo"].to_numpy(float), two["test_loss"].to_numpy(float))
+        names = ", ".join(sorted(set(part.loc[part["one_class"], "selector"])))
+        text += (f" Without the {int(part['one_class'].sum())} subsets that hold one class only ({names}) "
+                 f"({len(two)} subsets): "
+                 f"{r3[0]:.3f} [{r3[1]:.3f}, {r3[2]:.3f}].")
     return text + "\n"
 
 
@@ -301,6 +375,7 @@ def main() -> int:
     all_roots = [p for p in (outputs / "table_real_cpu", outputs / "sweep_real_cpu", outputs / "proxy_real_cpu")
                  if p.exists()]
     runs = collect(all_roots) if all_roots else pd.DataFrame()
+    classes = coreset_classes(runs)  # the positives of every CTR coreset (table, sweeps, proxy runs)
     seed_rows: list = []
     parts = ["# Real Games study: generated numbers", "",
              "Written by `bash scripts/real_games.sh report` from the runs finished so far; the README reads them.", "",
@@ -309,9 +384,10 @@ def main() -> int:
              seqrec_control_table(outputs / "pilot_real_cpu_seqrec", outputs / "table_real_cpu"),
              "## CTR differences to random, seed by seed", "",
              seed_paired(collect(tables) if tables[0].exists() else pd.DataFrame(), rows=seed_rows),
-             differences_figure(res, seed_rows, figs), "## Sweeps", "",
+             differences_figure(res, seed_rows, figs),
+             coreset_positives(collect(tables) if tables[0].exists() else pd.DataFrame(), classes), "## Sweeps", "",
              "\n\n".join(sweeps(sweep, figs, collect(tables) if tables[0].exists() else None)), "",
-             "## Proxy check", "", proxy(runs, figs),
+             "## Proxy check", "", proxy(runs, figs, classes),
              "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])
                                              if (outputs / "pilot_real_cpu").exists() else runs)]
     write_text(res / "numbers.md", "\n".join(parts) + "\n")

@@ -263,3 +263,20 @@ def test_paired_difference_uses_the_seeds_both_rows_have(tmp_path):
     runs = collect([tmp_path / "a"])
     md = to_markdown(summarise(runs, "ctr"), "ctr", paired_vs(runs, "ctr", ["auc"], n_resamples=200))
     assert "(seeds 0,1)" in next(line for line in md.splitlines() if "| goracs |" in line)
+
+
+def test_bold_needs_the_best_to_separate_from_every_row_not_only_the_runner_up(tmp_path):
+    """goracs separates from random (the runner-up by the means given) but not from k-center (the same signal),
+    which the means put last: a test against the runner-up alone would bold goracs; nothing is bold."""
+    from goracs.report.aggregate import significant_best
+
+    _ctr_runs_with_predictions(tmp_path / "a", {"goracs": 1.5, "random": 0.5, "kcenter": 1.5})
+    runs = collect([tmp_path / "a"])
+    s = summarise(runs, "ctr")
+    means = {"goracs": 0.95, "random": 0.90, "kcenter": 0.50}
+    ranked = s.assign(auc_mean=s["selector"].map(means))
+    assert significant_best(runs, ranked, "ctr", ["auc"], n_resamples=200)[("games", "auc")] is None
+    # without k-center's runs, the same means bold goracs
+    no_kc = runs[runs["selector"] != "kcenter"]
+    assert significant_best(no_kc, ranked[ranked["selector"] != "kcenter"], "ctr", ["auc"],
+                            n_resamples=200)[("games", "auc")] == "goracs|64|-"

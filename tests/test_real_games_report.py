@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,3 +152,52 @@ def test_seed_by_seed_differences_count_wins_and_test_them_by_signed_ranks():
     assert g[7] == f"{stats.f.sf(between / within, 1, 10):.3f} |"
     k = next(line for line in out if line.startswith("| kcenter |")).split(" | ")
     assert k[4] == "1 of 3" and k[5] == "0.750"
+    # a stale copy of a run (older) does not count, and GORACS at another lambda is its own row, named by lambda
+    for r in rows:
+        r["_mtime"], r["lam"] = 2.0, (0.5 if r["selector"] == "goracs" else None)
+    stale = {"task": "ctr", "selector": "goracs", "budget": 64, "seed": 0, "auc": 0.10, "_mtime": 1.0, "lam": 0.5}
+    other = [{"task": "ctr", "selector": "goracs", "budget": 64, "seed": s, "auc": a - 0.01, "_mtime": 2.0, "lam": 1.0}
+             for s, a in enumerate(rand)]
+    out = rep.seed_paired(pd.DataFrame(rows + [stale] + other)).splitlines()
+    g = next(line for line in out if line.startswith("| goracs (lambda 0.5) |")).split(" | ")
+    assert g[3].startswith(f"{d.mean():+.4f} [") and g[4] == "6 of 6"
+    assert next(line for line in out if line.startswith("| goracs (lambda 1.0) |")).split(" | ")[4] == "0 of 6"
+
+
+@pytest.mark.slow  # one tiny zero-shot pipeline job
+def test_coreset_classes_are_read_from_the_pool_the_run_drew(tmp_path):
+    """The positives of a finished run's coreset, recounted from its coreset indices and the pool its recorded
+    config draws, equal the labels of those pool samples; the proxy check names and drops one-class subsets."""
+    from test_pipeline import config
+
+    from goracs.pipeline import pool, run_all, run_prepare
+
+    mod = _report_module()
+    cfg = config(tmp_path, "task=ctr", "selector=random", "train.epochs=0", "+train.task_overrides.ctr.epochs=0")
+    res = run_all(cfg, tmp_path / "runs" / "seed=0,selector=random")
+    runs = mod.collect([tmp_path / "runs"])
+    classes = mod.coreset_classes(runs)
+    y = pool(cfg, run_prepare(cfg))["train"]["label"].to_numpy()
+    idx = np.load(res["coreset"])
+    (d, (k, n, share)), = classes.items()
+    assert (k, n) == (int((y[idx] == 1).sum()), len(idx)) and share == pytest.approx(float((y == 1).mean()))
+    assert f"0: {k} of {n}" in mod.coreset_positives(runs, classes)
+
+
+def test_proxy_check_reports_the_correlation_without_one_class_subsets(tmp_path):
+    """Five two-class subsets whose POO orders their test loss exactly, and two one-class subsets with the lowest
+    POO and the highest loss: with them the correlation is weak; without them it is 1, and they are named."""
+    mod = _report_module()
+    rows, classes = [], {}
+    for i, (sel, poo, loss, pos) in enumerate([("random", 0.30 + 0.01 * j, 0.50 + 0.01 * j, 50) for j in range(5)]
+                                              + [("grand", 0.10, 5.8, 0), ("el2n", 0.11, 5.9, 0)]):
+        d = str(tmp_path / f"r{i}")
+        rows.append({"task": "ctr", "budget": 64, "selector": sel, "lam": None, "seed": i, "poo": poo,
+                     "test_loss": loss, "run_dir": d})
+        classes[d] = (pos, 64, 0.78)
+    (tmp_path / "figs").mkdir()
+    text = mod.proxy(pd.DataFrame(rows), tmp_path / "figs", classes)
+    assert "7 distinct fine-tuned CTR subsets" in text
+    assert "Without the 2 subsets that hold one class only (el2n, grand) (5 subsets): 1.000 [" in text
+    rho = float(text.split("test loss ")[1].split(",")[0])
+    assert rho < 0.5

@@ -168,39 +168,45 @@ def paired_vs(runs: pd.DataFrame, task: str, metrics: list[str], reference: str 
 def significant_best(runs: pd.DataFrame, summary: pd.DataFrame, task: str, metrics: list[str],
                      n_resamples: int = 2000) -> dict[tuple[str, str], str | None]:
     """Per (dataset, metric): the row label (selector|budget|lambda) of the best mean when its paired bootstrap
-    difference to the runner-up excludes 0, else None (nothing is significantly best). Rows without per-sample
-    predictions: the best mean, as before (marked by the caller's note)."""
+    difference to every other row (each on the seeds both have) excludes 0 in the metric's direction, else None
+    (nothing is significantly best). The rows are tested from the runner-up down and the first that does not
+    separate ends it, so a table where nothing separates costs one bootstrap. Rows without per-sample predictions:
+    the best mean, as before (marked by the caller's note)."""
     from goracs.report.stats import paired_difference
 
     out: dict[tuple[str, str], str | None] = {}
     df = task_runs(runs, task)
     for ds, part in summary.groupby("dataset"):
+
+        def runs_of(r):
+            return df[(df["dataset"] == ds) & (df["selector"] == r["selector"]) & (df["budget"] == r["budget"])
+                      & (df["lam"].map(str) == str(r["lam"]))]
+
         for m in metrics:
             if part[f"{m}_mean"].isna().all():
                 continue
             order = part.sort_values(f"{m}_mean", ascending=not metric(m).higher_is_better)
             best = order.iloc[0]
             label = _label(best)
-            if len(order) < 2:  # nothing to be better than
-                out[(ds, m)] = None
+            if len(order) < 2 or np.isclose(best[f"{m}_mean"], order.iloc[1][f"{m}_mean"]):
+                out[(ds, m)] = None  # nothing to be better than, or a tie: no best
                 continue
-            second = order.iloc[1]
-            if np.isclose(best[f"{m}_mean"], second[f"{m}_mean"]):  # a tie has no best
-                out[(ds, m)] = None
-                continue
-
-            def runs_of(r):
-                return df[(df["dataset"] == ds) & (df["selector"] == r["selector"]) & (df["budget"] == r["budget"])
-                          & (df["lam"].map(str) == str(r["lam"]))]
-
-            da, db = common_seeds(runs_of(best), runs_of(second))
-            a, b = _scores(da["run_dir"], task), _scores(db["run_dir"], task)
-            if a is None or b is None or a[2] != b[2] or len(a[0]) != len(b[0]):
-                out[(ds, m)] = label if a is None and b is None else None
-                continue
-            _, lo, hi = paired_difference(a[0], a[1], b[1], metric=sample_metric(m), n_resamples=n_resamples)
-            # best minus runner-up: significantly better only in the metric's own direction
-            out[(ds, m)] = label if (lo > 0 if metric(m).higher_is_better else hi < 0) else None
+            verdict: str | None = label
+            for _, other in order.iloc[1:].iterrows():
+                da, db = common_seeds(runs_of(best), runs_of(other))
+                a, b = _scores(da["run_dir"], task), _scores(db["run_dir"], task)
+                if a is None or b is None or a[2] != b[2] or len(a[0]) != len(b[0]):
+                    if not (a is None and b is None):
+                        verdict = None
+                    if a is None and b is None:
+                        continue  # no predictions on either side: the best mean stands (the legacy view)
+                    break
+                _, lo, hi = paired_difference(a[0], a[1], b[1], metric=sample_metric(m), n_resamples=n_resamples)
+                # best minus the other: significantly better only in the metric's own direction
+                if not (lo > 0 if metric(m).higher_is_better else hi < 0):
+                    verdict = None
+                    break
+            out[(ds, m)] = verdict
     return out
 
 
@@ -232,7 +238,7 @@ def to_markdown(summary: pd.DataFrame, task: str, paired: pd.DataFrame | None = 
     """A markdown table. Without per-sample predictions (`best` None): mean ± std over seeds, the best mean per
     dataset and metric in bold. With them: mean [95 % t interval over seeds], the paired difference to
     `reference` [95 % bootstrap interval over test samples, pooled over seeds] per metric, and bold only where the
-    best mean is significantly better than the runner-up (`best`, from significant_best)."""
+    best mean is significantly better than every other row (`best`, from significant_best)."""
     if summary.empty:
         return f"No {task} runs found.\n"
     metrics = [c[:-5] for c in summary.columns if c.endswith("_mean")]
@@ -283,10 +289,11 @@ def to_markdown(summary: pd.DataFrame, task: str, paired: pd.DataFrame | None = 
     if legacy:
         return "\n".join(lines) + f"\n\nMean ± std over seeds; best mean per dataset in bold{note}.\n"
     text = ("Mean [95 % t interval over seeds]; a single seed has no interval. Bold: the best mean per dataset where "
-            f"its paired bootstrap difference to the runner-up excludes 0{note}.")
+            f"its paired bootstrap difference to every other row (on the seeds both have) excludes 0{note}.")
     if diffs:
         text += (f" Δ vs {reference}: the mean over seeds minus {reference}'s mean over the same seeds (those both "
-                 "rows have; named when fewer than the row's) on the same test samples, with its 95 % paired "
+                 "rows have; named when fewer than the row's; so it can differ from the difference of the two mean "
+                 "columns when one row has more seeds) on the same test samples, with its 95 % paired "
                  "bootstrap interval over test samples (2,000 resamples, pooled over seeds; the full-data row against "
                  f"{reference} at the table's budget); * = the interval excludes 0. The interval holds the fine-tunes "
                  "fixed: it is the test sample's uncertainty, not the fine-tuning seed's.")
