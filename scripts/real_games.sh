@@ -14,6 +14,10 @@
 #   bash scripts/real_games.sh queue1           # one core: the CTR steps in the study's order of priority
 #   bash scripts/real_games.sh queue2           # the other core: the SeqRec table, then the pilot's last rows and
 #                                               # GraNd / EL2N within classes (queue1 never runs these)
+#   bash scripts/real_games.sh resume [COMMIT]  # both queues in the background, from a checkout of COMMIT (default
+#                                               # HEAD) in /tmp/goracs-study, so that edits here cannot change a
+#                                               # running job; cache/ and outputs/ stay in this checkout; logs in
+#                                               # outputs/queue1.log and queue2.log. Refused while a queue runs.
 # LAUNCHER=cpu2 runs two jobs at a time (both cores), LAUNCHER=basic one (leaves a core free; the default).
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # for the queues, which call this script's steps
@@ -25,7 +29,7 @@ export WANDB_MODE=${WANDB_MODE:-offline}
 # Progress bars stay on (training steps, scoring, generation): the logs show where a long job stands.
 run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" -m goracs -m hydra/launcher="$LAUNCHER" logger=none "$@"; }
 
-step=${1:?usage: real_games.sh pilot|ctr|seeds|stratified|seqrec|seqrec_control|sweeps|proxy|report|queue1|queue2}
+step=${1:?usage: real_games.sh pilot|ctr|seeds|stratified|seqrec|seqrec_control|sweeps|proxy|report|queue1|queue2|resume}
 shift
 case "$step" in
   pilot)  # progress=false as when its first rows ran: the pilot's folder names include it
@@ -58,6 +62,22 @@ case "$step" in
     bash "$SELF" seqrec "$@"
     bash "$SELF" pilot "$@"
     bash "$SELF" stratified "$@"
+    ;;
+  resume)
+    if pgrep -f "real_games.sh queue[12]" > /dev/null; then
+      echo "a study queue is already running (pgrep -af 'real_games.sh queue'): not started twice" >&2; exit 1
+    fi
+    root=$(pwd); wt=${STUDY_CHECKOUT:-/tmp/goracs-study}; commit=$(git rev-parse --verify "${1:-HEAD}^{commit}")
+    git worktree remove --force "$wt" 2> /dev/null || rm -rf "$wt"
+    git worktree prune
+    git worktree add --detach "$wt" "$commit" > /dev/null
+    py=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
+    mkdir -p "$root/outputs"
+    for q in queue1 queue2; do
+      (cd "$wt" && GORACS_ROOT="$root" PYTHONPATH="$wt" PY="$py" \
+        nohup bash scripts/real_games.sh "$q" > "$root/outputs/$q.log" 2>&1 &)
+    done
+    echo "study queues started from ${commit:0:7} in $wt; logs: $root/outputs/queue1.log, queue2.log"
     ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac
