@@ -16,8 +16,9 @@
 #                                               # GraNd / EL2N within classes (queue1 never runs these)
 #   bash scripts/real_games.sh resume [COMMIT]  # both queues in the background, from a checkout of COMMIT (default
 #                                               # HEAD) in /tmp/goracs-study, so that edits here cannot change a
-#                                               # running job; cache/ and outputs/ stay in this checkout; logs in
-#                                               # outputs/queue1.log and queue2.log. Refused while a queue runs.
+#                                               # running job; cache/ and outputs/ stay in this checkout; logs
+#                                               # appended to outputs/queue1.log and queue2.log. Refused while any
+#                                               # study job runs, or when the folder is not a linked worktree.
 # LAUNCHER=cpu2 runs two jobs at a time (both cores), LAUNCHER=basic one (leaves a core free; the default).
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # for the queues, which call this script's steps
@@ -64,20 +65,33 @@ case "$step" in
     bash "$SELF" stratified "$@"
     ;;
   resume)
-    if pgrep -f "real_games.sh queue[12]" > /dev/null; then
-      echo "a study queue is already running (pgrep -af 'real_games.sh queue'): not started twice" >&2; exit 1
+    # any study job of this user (a queue, a step started by hand, a bare goracs job) would write the same folders
+    if pgrep -u "$(id -u)" -f 'real_games\.sh (queue[12]|pilot|ctr|seeds|stratified|seqrec|sweeps|proxy)|python[0-9.]* -m goracs' \
+        > /dev/null; then
+      echo "a study job is already running (pgrep -af 'real_games.sh|-m goracs'): not started twice" >&2; exit 1
     fi
     root=$(pwd); wt=${STUDY_CHECKOUT:-/tmp/goracs-study}; commit=$(git rev-parse --verify "${1:-HEAD}^{commit}")
-    git worktree remove --force "$wt" 2> /dev/null || rm -rf "$wt"
+    wt=$(realpath -m "$wt")
+    if [ -e "$wt" ]; then  # only ever a linked worktree of this repository is replaced, never any other folder
+      if git worktree list --porcelain | awk '/^worktree /{n++; if (n > 1) print substr($0, 10)}' | grep -qxF "$wt"; then
+        git worktree remove --force "$wt"
+      else
+        echo "$wt exists and is not a linked worktree of this repository: set STUDY_CHECKOUT to another path" >&2
+        exit 1
+      fi
+    fi
     git worktree prune
     git worktree add --detach "$wt" "$commit" > /dev/null
-    py=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
+    py=$(command -v "$PY" || true)
+    [ -n "$py" ] && [ -x "$py" ] || { echo "PY=$PY is not an executable Python" >&2; exit 1; }
+    py=$(realpath -s "$py")
     mkdir -p "$root/outputs"
     for q in queue1 queue2; do
+      echo "== resume $(date -u +%FT%TZ) from ${commit:0:7} in $wt" >> "$root/outputs/$q.log"
       (cd "$wt" && GORACS_ROOT="$root" PYTHONPATH="$wt" PY="$py" \
-        nohup bash scripts/real_games.sh "$q" > "$root/outputs/$q.log" 2>&1 &)
+        nohup bash scripts/real_games.sh "$q" >> "$root/outputs/$q.log" 2>&1 &)
     done
-    echo "study queues started from ${commit:0:7} in $wt; logs: $root/outputs/queue1.log, queue2.log"
+    echo "study queues started from ${commit:0:7} in $wt; logs (appended): $root/outputs/queue1.log, queue2.log"
     ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

@@ -105,7 +105,7 @@ def _finetune_gain(control: pd.DataFrame, table: pd.DataFrame) -> str:
         ranks = [np.asarray(q["rank"], dtype=float) for q in preds]
         cells = []
         for n in names:
-            d, lo, hi = paired_difference(np.zeros(len(ids)), ranks, base_ranks, metric=sample_metric(n))
+            d, lo, hi = paired_difference(np.zeros(len(base_ranks[0])), ranks, base_ranks, metric=sample_metric(n))
             cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" + (" *" if lo > 0 or hi < 0 else ""))
         seeds = ",".join(str(int(v)) for v in sorted(part["seed"]))
         name = sel if lams[sel] == 1 else f"{sel} (lambda {lam})"
@@ -209,9 +209,10 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
     return "\n".join(lines) + "\n"
 
 
-def coreset_classes(runs: pd.DataFrame, task: str = "ctr") -> dict[str, tuple[int, int]]:
-    """{run folder: (positives, size)} of each CTR run's coreset, from its coreset indices and the pool its recorded
-    config draws (the prepared samples come from the cache; each distinct pool is loaded once)."""
+def coreset_classes(runs: pd.DataFrame, task: str = "ctr") -> dict[str, tuple[int, int, float]]:
+    """{run folder: (positives, coreset size, the pool's positive share)} of each CTR run's coreset, from its coreset
+    indices and the pool its recorded config draws (the prepared samples come from the cache; each distinct pool is
+    loaded once). A run whose pool cannot be loaded (e.g. its data is gone) is left out, with a warning."""
     from omegaconf import OmegaConf
 
     from goracs.pipeline import pool, run_prepare
@@ -227,30 +228,41 @@ def coreset_classes(runs: pd.DataFrame, task: str = "ctr") -> dict[str, tuple[in
             continue
         cfg = OmegaConf.create(m["config"])
         cfg.progress = False
-        pk = json.dumps({"d": m["config"]["dataset"], "t": m["config"]["task"].get("pool"),
-                         "s": m["config"].get("data_seed")}, sort_keys=True, default=str)
+        c = m["config"]  # what the pool depends on: the prepared samples' inputs, the caps and the data seed
+        pk = json.dumps({k: c.get(k) for k in ("dataset", "task", "prompt", "data_seed")}, sort_keys=True, default=str)
         if pk not in labels:
-            labels[pk] = pool(cfg, run_prepare(cfg))["train"]["label"].to_numpy()
+            try:
+                labels[pk] = pool(cfg, run_prepare(cfg))["train"]["label"].to_numpy()
+            except Exception as e:  # a report must not fail on one old run's missing data
+                print(f"warning: {r['run_dir']}: its pool could not be loaded ({e}); its coreset is not counted",
+                      file=sys.stderr)
+                labels[pk] = None
         y = labels[pk]
+        if y is None:
+            continue
         idx = np.load(idx_path)
         out[r["run_dir"]] = (int((y[idx] == 1).sum()), len(idx), float((y == 1).mean()))
     return out
 
 
 def coreset_positives(runs: pd.DataFrame, classes: dict, task: str = "ctr") -> str:
-    """How many positive ("Yes") samples each CTR coreset holds, per seed, next to the pool's share."""
+    """How many positive ("Yes") samples each CTR coreset holds, per row (lambdas apart) and seed, next to the pool's
+    share."""
     counts: dict[tuple, dict[int, tuple[int, int]]] = {}
-    share = None
+    shares = set()
     for r in task_runs(runs, task).to_dict("records") if not runs.empty else []:
         if r["run_dir"] in classes:
             k, n, share = classes[r["run_dir"]]
-            counts.setdefault((r["selector"], int(r["budget"])), {})[int(r["seed"])] = (k, n)
+            shares.add(round(share, 2))
+            counts.setdefault((r["selector"], int(r["budget"]), str(r["lam"])), {})[int(r["seed"])] = (k, n)
     if not counts:
         return ""
-    lines = [f"Positives in each coreset (the pool: {share:.0%} positive):", "",
-             "| selector | budget | positives of the coreset, per seed |", "|---|---|---|"]
-    for (sel, b), per in sorted(counts.items()):
-        lines.append(f"| {sel} | {b} | " + ", ".join(f"{s}: {k} of {n}" for s, (k, n) in sorted(per.items())) + " |")
+    pool_share = ", ".join(f"{v:.0%}" for v in sorted(shares))
+    lines = [f"Positives in each coreset (the pool: {pool_share} positive):", "",
+             "| selector | budget | lambda | positives of the coreset, per seed |", "|---|---|---|---|"]
+    for (sel, b, lam), per in sorted(counts.items()):
+        lines.append(f"| {sel} | {b} | {lam} | "
+                     + ", ".join(f"{s}: {k} of {n}" for s, (k, n) in sorted(per.items())) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -327,9 +339,12 @@ def proxy(runs: pd.DataFrame, out: Path, classes: dict | None = None) -> str:
     # one point per distinct subset: a deterministic selector (GORACS) gives every seed the same coreset, which is
     # then fine-tuned with different seeds; its test loss is the mean over those fine-tunes. Subsets are told apart
     # by their indices (two selectors that chose the same 64 samples are one point).
+    def one_class(d):  # True / False, or None where the coreset's classes are not known
+        c = (classes or {}).get(d)
+        return None if c is None else c[0] in (0, c[1])
+
     part = part.assign(subset=[subset_id(r) for _, r in part.iterrows()],
-                       one_class=[(classes or {}).get(d, (1, 2, 0))[0] in (0, (classes or {}).get(d, (1, 2, 0))[1])
-                                  for d in part["run_dir"]])
+                       one_class=[one_class(d) for d in part["run_dir"]])
     part = part.drop_duplicates(["subset", "seed"])  # one fine-tune found in two folders (a table row in a sweep)
     part = part.groupby("subset", as_index=False).agg(selector=("selector", "first"), poo=("poo", "mean"),
                                                       test_loss=("test_loss", "mean"), fine_tunes=("seed", "count"),
@@ -350,13 +365,15 @@ def proxy(runs: pd.DataFrame, out: Path, classes: dict | None = None) -> str:
             f"subsets [{lo:.3f}, {hi:.3f}].")
     if r2 is not None:
         text += (f" Random subsets alone ({len(rnd)}): {r2[0]:.3f} [{r2[1]:.3f}, {r2[2]:.3f}].")
-    two = part[~part["one_class"]]
-    if part["one_class"].any() and len(two) >= 3:
+    known = part["one_class"].map(lambda v: v is not None and not pd.isna(v))
+    mask = known & part["one_class"].map(lambda v: bool(v) if v is not None and not pd.isna(v) else False)
+    two = part[known & ~mask]  # known to hold both classes
+    if mask.any() and len(two) >= 3:
         r3 = spearman_ci(two["poo"].to_numpy(float), two["test_loss"].to_numpy(float))
-        names = ", ".join(sorted(set(part.loc[part["one_class"], "selector"])))
-        text += (f" Without the {int(part['one_class'].sum())} subsets that hold one class only ({names}) "
-                 f"({len(two)} subsets): "
-                 f"{r3[0]:.3f} [{r3[1]:.3f}, {r3[2]:.3f}].")
+        names = ", ".join(sorted(set(part.loc[mask, "selector"])))
+        unknown = f"; {int((~known).sum())} whose classes are not known are left out" if (~known).any() else ""
+        text += (f" Without the {int(mask.sum())} subsets that hold one class only ({names}{unknown}) "
+                 f"({len(two)} subsets): {r3[0]:.3f} [{r3[1]:.3f}, {r3[2]:.3f}].")
     return text + "\n"
 
 

@@ -185,8 +185,9 @@ def test_coreset_classes_are_read_from_the_pool_the_run_drew(tmp_path):
 
 
 def test_proxy_check_reports_the_correlation_without_one_class_subsets(tmp_path):
-    """Five two-class subsets whose POO orders their test loss exactly, and two one-class subsets with the lowest
-    POO and the highest loss: with them the correlation is weak; without them it is 1, and they are named."""
+    """Five two-class subsets whose POO orders their test loss exactly, two one-class subsets with the lowest POO and
+    the highest loss, and one of unknown classes: with all, the correlation is weak; over the five known two-class
+    subsets it is 1, and the others are named."""
     mod = _report_module()
     rows, classes = [], {}
     for i, (sel, poo, loss, pos) in enumerate([("random", 0.30 + 0.01 * j, 0.50 + 0.01 * j, 50) for j in range(5)]
@@ -195,9 +196,14 @@ def test_proxy_check_reports_the_correlation_without_one_class_subsets(tmp_path)
         rows.append({"task": "ctr", "budget": 64, "selector": sel, "lam": None, "seed": i, "poo": poo,
                      "test_loss": loss, "run_dir": d})
         classes[d] = (pos, 64, 0.78)
+    # a subset whose classes are not known (its pool could not be loaded) is in neither group: it would break the
+    # perfect order of the two-class subsets
+    rows.append({"task": "ctr", "budget": 64, "selector": "random", "lam": None, "seed": 9, "poo": 0.2,
+                 "test_loss": 0.9, "run_dir": str(tmp_path / "unknown")})
     (tmp_path / "figs").mkdir()
     text = mod.proxy(pd.DataFrame(rows), tmp_path / "figs", classes)
-    assert "7 distinct fine-tuned CTR subsets" in text
-    assert "Without the 2 subsets that hold one class only (el2n, grand) (5 subsets): 1.000 [" in text
+    assert "8 distinct fine-tuned CTR subsets" in text
+    assert ("Without the 2 subsets that hold one class only (el2n, grand; 1 whose classes are not known are left "
+            "out) (5 subsets): 1.000 [") in text
     rho = float(text.split("test loss ")[1].split(",")[0])
     assert rho < 0.5

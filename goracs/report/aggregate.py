@@ -325,11 +325,13 @@ def _seed_span(seeds: Iterable[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in out)
 
 
-def provenance(runs: pd.DataFrame, roots: Iterable[str | os.PathLike], by_row: str | None = None) -> str:
+def provenance(runs: pd.DataFrame, roots: Iterable[str | os.PathLike], by_row: str | None = None,
+               rows_out: list | None = None) -> str:
     """Where a table comes from: run count, folders, seeds, the commits of the runs (read from each run's
     run_info.json; '+dirty' when a run came from a checkout with uncommitted changes) and the commands that ran
     them (the recorded argv as `python -m goracs ...`; a multirun's jobs share one), numbered. With `by_row` (a
-    task), also one line per table row: its seeds, and which commit and which numbered command ran which seeds."""
+    task), also one line per table row: its seeds, and which commit and which numbered command ran which seeds
+    (appended to `rows_out` as row_origins gives them, when a list is passed)."""
     if runs.empty:
         return ""
     origin = {d: _run_origin(d) for d in runs["run_dir"]}
@@ -342,6 +344,8 @@ def provenance(runs: pd.DataFrame, roots: Iterable[str | os.PathLike], by_row: s
     text = (f"From {len(runs)} runs in {folders}; seeds {', '.join(map(str, seeds)) or '-'}; "
             f"code commit(s) {', '.join(sorted(commits))}." + (f" Command(s):{cmd}" if cmd else "") + "\n\n")
     rows = row_origins(runs, by_row, origin, number) if by_row else []
+    if rows_out is not None:
+        rows_out.extend(rows)
     if rows:
         text += "Rows (seeds; the commit and command that ran them):\n" + "".join(
             f"- {r['row']}: {r['text']}\n" for r in rows) + "\n"
@@ -395,10 +399,11 @@ def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike)
                         out_dir / f"table_{task}.md")
             out[task] = s
             continue
-        write_text(out_dir / f"table_{task}.md", f"# {task} results\n\n" + provenance(part, roots, by_row=task)
-                   + to_markdown(s, task, paired, best))
+        rows: list = []
+        write_text(out_dir / f"table_{task}.md", f"# {task} results\n\n"
+                   + provenance(part, roots, by_row=task, rows_out=rows) + to_markdown(s, task, paired, best))
         if not s.empty:  # the csv names each row's seeds by commit and command, as the md does above its table
-            origins = {tuple(str(r[g]) for g in GROUP): r["text"] for r in row_origins(part, task)}
+            origins = {tuple(str(r[g]) for g in GROUP): r["text"] for r in rows}
             s = s.assign(origin=[origins.get(tuple(str(r[g]) for g in GROUP), "")
                                  for r in s.to_dict("records")])
         with atomic_path(out_dir / f"table_{task}.csv") as tmp:
