@@ -266,22 +266,26 @@ def coreset_positives(runs: pd.DataFrame, classes: dict, task: str = "ctr") -> s
     return "\n".join(lines) + "\n"
 
 
-def differences_figure(res: Path, seed_rows: list, out: Path, metric: str = "auc") -> str:
-    """figures/ctr_auc_diff_vs_random.png: each selector minus random, both views (the table's paired bootstrap
-    over test samples, and seed by seed with a t interval over seeds)."""
-    csv = res / "table_ctr.csv"
+def differences_figure(res: Path, seed_rows: list, out: Path, metric: str = "auc", task: str = "ctr") -> str:
+    """figures/<task>_<metric>_diff_vs_random.png (e.g. ctr_auc_..., seqrec_hr10_...): each selector minus random,
+    both views (the table's paired bootstrap over test samples, and seed by seed with a t interval over seeds)."""
+    csv = res / f"table_{task}.csv"
     rows = list(seed_rows)
+    budgets = set()
     if csv.exists():
         t = pd.read_csv(csv)
         if f"{metric}_diff" in t:
             for _, r in t.dropna(subset=[f"{metric}_diff"]).iterrows():
+                budgets.add(int(r["reference_budget"]) if "reference_budget" in r else int(r["budget"]))
                 rows.append({"label": f"{r['selector']} ({int(r['budget'])})", "view": "over test samples (bootstrap)",
                              "diff": r[f"{metric}_diff"], "lo": r[f"{metric}_diff_lo"], "hi": r[f"{metric}_diff_hi"]})
     if not rows:
         return ""
-    path = plots.differences(pd.DataFrame(rows), out / f"ctr_{metric}_diff_vs_random.png",
+    name = metric.replace("@", "")
+    at = f", budget {', '.join(map(str, sorted(budgets)))}" if budgets else ""
+    path = plots.differences(pd.DataFrame(rows), out / f"{task}_{name}_diff_vs_random.png",
                              f"{metric.upper()} minus random's (95 % intervals)",
-                             "real Games CTR, budget 64: each selector against random")
+                             f"real Games {'CTR' if task == 'ctr' else 'SeqRec'}{at}: each selector against random")
     return f"Figure: `figures/{path.name}`.\n"
 
 
@@ -394,6 +398,7 @@ def main() -> int:
     runs = collect(all_roots) if all_roots else pd.DataFrame()
     classes = coreset_classes(runs)  # the positives of every CTR coreset (table, sweeps, proxy runs)
     seed_rows: list = []
+    seqrec_rows: list = []
     parts = ["# Real Games study: generated numbers", "",
              "Written by `bash scripts/real_games.sh report` from the runs finished so far; the README reads them.", "",
              "## Pilot", "", pilot_table(outputs / "pilot_real_cpu"),
@@ -402,7 +407,11 @@ def main() -> int:
              "## CTR differences to random, seed by seed", "",
              seed_paired(collect(tables) if tables[0].exists() else pd.DataFrame(), rows=seed_rows),
              differences_figure(res, seed_rows, figs),
-             coreset_positives(collect(tables) if tables[0].exists() else pd.DataFrame(), classes), "## Sweeps", "",
+             coreset_positives(collect(tables) if tables[0].exists() else pd.DataFrame(), classes),
+             "## SeqRec differences to random, seed by seed (HR@10)", "",
+             seed_paired(collect(tables) if tables[0].exists() else pd.DataFrame(), task="seqrec", metric="hr@10",
+                         rows=seqrec_rows),
+             differences_figure(res, seqrec_rows, figs, metric="hr@10", task="seqrec"), "## Sweeps", "",
              "\n\n".join(sweeps(sweep, figs, collect(tables) if tables[0].exists() else None)), "",
              "## Proxy check", "", proxy(runs, figs, classes),
              "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])

@@ -207,3 +207,17 @@ def test_proxy_check_reports_the_correlation_without_one_class_subsets(tmp_path)
             "out) (5 subsets): 1.000 [") in text
     rho = float(text.split("test loss ")[1].split(",")[0])
     assert rho < 0.5
+
+
+def test_differences_figure_for_seqrec_reads_its_table_and_names_the_metric(tmp_path):
+    """The SeqRec figure reads table_seqrec.csv's HR@10 differences (with the seed-by-seed rows given) and is named
+    without the '@'; a task without a table and without rows writes nothing."""
+    mod = _report_module()
+    pd.DataFrame([{"selector": "goracs", "budget": 128, "reference_budget": 128, "hr@10_diff": 0.004,
+                   "hr@10_diff_lo": -0.002, "hr@10_diff_hi": 0.012}]).to_csv(tmp_path / "table_seqrec.csv", index=False)
+    seed_rows = [{"label": "goracs (128)", "view": "seed by seed (t over seeds)", "diff": 0.004, "lo": -0.02,
+                  "hi": 0.03}]
+    text = mod.differences_figure(tmp_path, seed_rows, tmp_path, metric="hr@10", task="seqrec")
+    assert text == "Figure: `figures/seqrec_hr10_diff_vs_random.png`.\n"
+    assert (tmp_path / "seqrec_hr10_diff_vs_random.png").stat().st_size > 0
+    assert mod.differences_figure(tmp_path / "none", [], tmp_path, task="ctr") == ""
