@@ -272,7 +272,7 @@ def differences_figure(res: Path, seed_rows: list, out: Path, metric: str = "auc
     csv = res / f"table_{task}.csv"
     rows = list(seed_rows)
     budgets = set()
-    if csv.exists():
+    if csv.exists() and csv.read_text().strip():  # a task without runs has an empty table
         t = pd.read_csv(csv)
         if f"{metric}_diff" in t:
             for _, r in t.dropna(subset=[f"{metric}_diff"]).iterrows():
