@@ -399,20 +399,21 @@ def main() -> int:
     classes = coreset_classes(runs)  # the positives of every CTR coreset (table, sweeps, proxy runs)
     seed_rows: list = []
     seqrec_rows: list = []
+    table_runs = collect(tables) if tables[0].exists() else pd.DataFrame()  # read once, used by every section
     parts = ["# Real Games study: generated numbers", "",
              "Written by `bash scripts/real_games.sh report` from the runs finished so far; the README reads them.", "",
              "## Pilot", "", pilot_table(outputs / "pilot_real_cpu"),
              "## SeqRec control: no fine-tuning", "",
              seqrec_control_table(outputs / "pilot_real_cpu_seqrec", outputs / "table_real_cpu"),
              "## CTR differences to random, seed by seed", "",
-             seed_paired(collect(tables) if tables[0].exists() else pd.DataFrame(), rows=seed_rows),
+             seed_paired(table_runs, rows=seed_rows),
              differences_figure(res, seed_rows, figs),
-             coreset_positives(collect(tables) if tables[0].exists() else pd.DataFrame(), classes),
+             coreset_positives(table_runs, classes),
              "## SeqRec differences to random, seed by seed (HR@10)", "",
-             seed_paired(collect(tables) if tables[0].exists() else pd.DataFrame(), task="seqrec", metric="hr@10",
+             seed_paired(table_runs, task="seqrec", metric="hr@10",
                          rows=seqrec_rows),
              differences_figure(res, seqrec_rows, figs, metric="hr@10", task="seqrec"), "## Sweeps", "",
-             "\n\n".join(sweeps(sweep, figs, collect(tables) if tables[0].exists() else None)), "",
+             "\n\n".join(sweeps(sweep, figs, table_runs if not table_runs.empty else None)), "",
              "## Proxy check", "", proxy(runs, figs, classes),
              "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])
                                              if (outputs / "pilot_real_cpu").exists() else runs)]
