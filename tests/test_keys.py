@@ -116,3 +116,63 @@ def test_progress_false_silences_the_evaluation_bars_without_changing_its_key(tm
     assert eval_settings(on)["progress"] is True and eval_settings(off)["progress"] is False
     assert eval_settings(on, for_key=True) == eval_settings(off, for_key=True)
     assert eval_settings(config(tmp_path, "progress=true", "eval.progress=false"))["progress"] is False
+
+
+def test_the_prepared_samples_key_holds_only_what_the_build_reads(tmp_path):
+    """A run's budget, lambda, ITRA or pool caps (selector business) leave the prepared samples and every signal
+    alone; the history length and SeqRec's test negatives change them."""
+    from goracs.data.prepare import prepare_key
+
+    def prepared(*over, task="ctr"):
+        cfg = config(tmp_path, f"task={task}", "selector=goracs", *over)
+        return run_prepare(cfg).path, _keys(tmp_path, *over, task=task)
+
+    base_path, base = prepared()
+    for over in (["task.budget=5"], ["task.lam=0.9"], ["task.itra.max_iters=7", "task.itra.cut_num=2"],
+                 ["+task.n_negatives=3"]):  # CTR has no test negatives
+        path, keys = prepared(*over)
+        assert path == base_path, over
+        assert {k: keys[k] for k in ("embeddings", "grad_norms", "el2n")} == \
+            {k: base[k] for k in ("embeddings", "grad_norms", "el2n")}, over
+    assert prepared("task.budget=5")[1]["select"] != base["select"]  # the coreset does change
+    assert prepared("task.lam=0.9")[1]["select"] != base["select"]
+    # the pool caps draw another pool from the same prepared samples
+    path, keys = prepared("task.pool.max_train=20")
+    assert path == base_path and keys["grad_norms"] != base["grad_norms"]
+    # what the build reads changes the samples and so every key
+    path, keys = prepared("task.max_history=2")
+    assert path != base_path and keys["grad_norms"] != base["grad_norms"]
+    s_path, _ = prepared(task="seqrec")
+    assert prepared("task.n_negatives=5", task="seqrec")[0] != s_path
+    # a setting the build never reads, added to the task config, is not in the key
+    cfg = config(tmp_path, "task=ctr")
+    ds, task = OmegaConf.to_container(cfg.dataset, resolve=True), OmegaConf.to_container(cfg.task, resolve=True)
+    assert prepare_key(ds, {**task, "anything": 1}, 0) == prepare_key(ds, task, 0)
+    assert prepare_key(ds, task, 0) != prepare_key(ds, {**task, "max_history": 2}, 0)
+
+
+def test_a_moved_data_folder_keeps_the_prepared_samples(tmp_path):
+    """The input files enter the key by content, not by where they lie: a copied data folder finds the same
+    prepared samples; a changed byte in a file does not."""
+    import gzip
+    import shutil
+
+    from goracs.data.datasets import input_files
+    from goracs.data.prepare import prepare_key
+
+    cfg = config(tmp_path, "task=ctr")
+    ds, task = OmegaConf.to_container(cfg.dataset, resolve=True), OmegaConf.to_container(cfg.task, resolve=True)
+    files = input_files(ds)  # the synthetic generator writes them
+    raw = tmp_path / "elsewhere"
+    raw.mkdir()
+    for p in files.values():
+        shutil.copy(p, raw / p.name)
+    moved = {"name": "moved", "format": "raw2014", "root": str(raw), "min_history": ds["min_history"],
+             "reviews_file": files["reviews"].name, "meta_file": files["meta"].name, "split": ds["split"]}
+    k = prepare_key(moved, task, 0)
+    other = tmp_path / "other"
+    shutil.copytree(raw, other)
+    assert prepare_key({**moved, "root": str(other)}, task, 0) == k
+    with gzip.open(other / files["meta"].name, "ab") as f:
+        f.write(b"\n")  # one more byte in the metadata
+    assert prepare_key({**moved, "root": str(other)}, task, 0) != k

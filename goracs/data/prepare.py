@@ -20,7 +20,13 @@ from goracs.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-DATA_VERSION = 1  # bump when sample construction changes (the prompt text is part of the key: prepare_key)
+DATA_VERSION = 2  # bump when sample construction changes (the prompt text is part of the key: prepare_key)
+# 2: the key holds only the task settings the samples are built from (data_settings) and the dataset's input files
+#    by content, not where they lie (dataset_key); version 1 keyed the whole task config and the data folder's path
+
+# The dataset settings that say where the input files lie: the files enter the key by content (name, size,
+# SHA-256), so a moved or copied data folder keeps its prepared samples.
+LOCATION_SETTINGS = ("root", "inter_file", "item_file", "reviews_file", "meta_file")
 
 
 @dataclass
@@ -45,11 +51,29 @@ def task_template(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any],
     return resolve_template(prompt_cfg, str(dataset_cfg.get("name", "default")), task_cfg["name"])
 
 
+def data_settings(task_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The task settings the samples are built from, defaults filled in: the task, the history length and, for
+    SeqRec, the test negatives. The build reads these and nothing else of the task config, so its other settings
+    (budget, lambda, ITRA, pool caps: a selector's or a run's business) leave the prepared samples and every
+    signal computed on them alone."""
+    task = task_cfg["name"]
+    out: dict[str, Any] = {"name": task, "max_history": int(task_cfg.get("max_history", 10))}
+    if task == "seqrec":
+        out["n_negatives"] = int(task_cfg.get("n_negatives", 99))
+    return out
+
+
+def dataset_key(dataset_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The dataset config without where its files lie, and the input files by content."""
+    key = cache_key(dataset_cfg)
+    return {"cfg": {k: v for k, v in key["cfg"].items() if k not in LOCATION_SETTINGS}, "files": key["files"]}
+
+
 def prepare_key(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], seed: int,
                 prompt_cfg: Any = None) -> dict[str, Any]:
-    """Everything that determines the prepared samples, the prompt template's text included."""
-    return {"version": DATA_VERSION, "dataset": cache_key(dataset_cfg), "task": dict(task_cfg), "seed": seed,
-            "prompt": task_template(dataset_cfg, task_cfg, prompt_cfg).as_dict()}
+    """Everything that determines the prepared samples, the prompt template's text included, and nothing else."""
+    return {"version": DATA_VERSION, "dataset": dataset_key(dataset_cfg), "task": data_settings(task_cfg),
+            "seed": seed, "prompt": task_template(dataset_cfg, task_cfg, prompt_cfg).as_dict()}
 
 
 def prepare(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], cache: StageCache, seed: int = 0,
@@ -63,14 +87,16 @@ def prepare(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], cache: 
     with cache.lock("prepare", key):  # two processes that need the same samples build them once
         if not cache.done("prepare", key):
             with cache.build("prepare", key) as tmp:
-                _build(dataset_cfg, task_cfg, seed, tmp, progress, task_template(dataset_cfg, task_cfg, prompt_cfg))
+                _build(dataset_cfg, key["task"], seed, tmp, progress, task_template(dataset_cfg, task_cfg, prompt_cfg))
     return load_prepared(cache.path("prepare", key))
 
 
-def _build(dataset_cfg, task_cfg, seed, out: Path, progress: bool, template: PromptTemplate) -> None:
-    task = task_cfg["name"]
+def _build(dataset_cfg, settings: Mapping[str, Any], seed, out: Path, progress: bool,
+           template: PromptTemplate) -> None:
+    """Build the samples from the key's task part (`data_settings`): the build sees no other task setting."""
+    task = settings["name"]
     inter, titles, stats = load_interactions(dataset_cfg, progress=progress)
-    samples, sstats = build_samples(inter, titles, task, max_history=int(task_cfg.get("max_history", 10)),
+    samples, sstats = build_samples(inter, titles, task, max_history=settings["max_history"],
                                     min_history=int(dataset_cfg.get("min_history", 1)), progress=progress,
                                     template=template)
     split_cfg = dataset_cfg.get("split", {}) or {}
@@ -82,7 +108,7 @@ def _build(dataset_cfg, task_cfg, seed, out: Path, progress: bool, template: Pro
     if task == "seqrec":
         user_items = inter.groupby("user", sort=False)["item"].agg(set).to_dict()
         parts["test"]["negatives"] = sample_negatives(parts["test"], user_items, catalogue["item_id"].to_numpy(),
-                                                      n_neg=int(task_cfg.get("n_negatives", 99)), seed=seed)
+                                                      n_neg=settings["n_negatives"], seed=seed)
     for name, df in parts.items():
         save_parquet(out / f"{name}.parquet", df)
     save_parquet(out / "catalogue.parquet", catalogue)
