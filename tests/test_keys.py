@@ -152,8 +152,8 @@ def test_the_prepared_samples_key_holds_only_what_the_build_reads(tmp_path):
 
 
 def test_a_moved_data_folder_keeps_the_prepared_samples(tmp_path):
-    """The input files enter the key by content, not by where they lie: a copied data folder finds the same
-    prepared samples; a changed byte in a file does not."""
+    """The input files enter the key by name and content, not by where they lie: a copied data folder finds the
+    same prepared samples; a changed byte in a file, or a changed dataset setting, does not."""
     import gzip
     import shutil
 
@@ -167,12 +167,17 @@ def test_a_moved_data_folder_keeps_the_prepared_samples(tmp_path):
     raw.mkdir()
     for p in files.values():
         shutil.copy(p, raw / p.name)
-    moved = {"name": "moved", "format": "raw2014", "root": str(raw), "min_history": ds["min_history"],
+    moved = {"name": "moved", "format": "raw2018", "root": str(raw), "min_history": ds["min_history"],
              "reviews_file": files["reviews"].name, "meta_file": files["meta"].name, "split": ds["split"]}
     k = prepare_key(moved, task, 0)
     other = tmp_path / "other"
     shutil.copytree(raw, other)
     assert prepare_key({**moved, "root": str(other)}, task, 0) == k
+    assert prepare_key({**ds, "root": str(tmp_path / "regenerated")}, task, 0) == prepare_key(ds, task, 0)
+    # every other dataset setting is read by the build: each stays in the key
+    for change in ({"min_history": 2}, {"split": {**ds["split"], "n_test": 3}}, {"min_title_len": 9},
+                   {"skip_bad_lines": True}, {"name": "renamed"}):
+        assert prepare_key({**moved, **change}, task, 0) != k, change
     with gzip.open(other / files["meta"].name, "ab") as f:
         f.write(b"\n")  # one more byte in the metadata
     assert prepare_key({**moved, "root": str(other)}, task, 0) != k
