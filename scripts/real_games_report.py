@@ -55,13 +55,17 @@ def pilot_table(root: Path) -> str:
             "cached before stage times were recorded (its first run's log has the cost).\n")
 
 
-def seqrec_control_table(root: Path, table_root: Path) -> str:
+def seqrec_control_table(root: Path, table_root: Path | pd.DataFrame) -> str:
     """The SeqRec control (no fine-tuning) next to the table: HR / NDCG at 5 and 10 with bootstrap intervals over
-    test samples, and the share of test samples whose target rank equals a fine-tuned table run's of the same seed."""
+    test samples, and the share of test samples whose target rank equals a fine-tuned table run's of the same seed.
+    `table_root`: the table's folder, or its runs as already collected."""
     runs = collect([root]) if root.exists() else pd.DataFrame()
     if runs.empty:
         return "No SeqRec control runs yet.\n"
-    table = collect([table_root]) if table_root.exists() else pd.DataFrame()
+    if isinstance(table_root, pd.DataFrame):
+        table = table_root.copy()
+    else:
+        table = collect([table_root]) if table_root.exists() else pd.DataFrame()
     if not table.empty:
         table = table[table["task"] == "seqrec"]
     lines = ["| run | HR@5 | HR@10 | NDCG@5 | NDCG@10 | same target rank as the fine-tuned runs of its seed |",
@@ -381,6 +385,14 @@ def proxy(runs: pd.DataFrame, out: Path, classes: dict | None = None) -> str:
     return text + "\n"
 
 
+def under(runs: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """The runs whose folder lies under `root` (an empty frame when there are none)."""
+    if runs.empty:
+        return pd.DataFrame()
+    part = runs[[Path(d).is_relative_to(root) for d in runs["run_dir"]]]
+    return part.reset_index(drop=True) if not part.empty else pd.DataFrame()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--outputs", default=str(ROOT / "outputs"))
@@ -390,21 +402,23 @@ def main() -> int:
     figs = res / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     tables = [outputs / "table_real_cpu"]
-    if tables[0].exists():
-        write_tables(tables, res)
-    sweep = collect([outputs / "sweep_real_cpu"]) if (outputs / "sweep_real_cpu").exists() else pd.DataFrame()
     all_roots = [p for p in (outputs / "table_real_cpu", outputs / "sweep_real_cpu", outputs / "proxy_real_cpu")
                  if p.exists()]
+    # every run is read once, and each section takes its part: a job that finishes while the report writes is in
+    # all of its sections or in none
     runs = collect(all_roots) if all_roots else pd.DataFrame()
+    table_runs = under(runs, outputs / "table_real_cpu")
+    sweep = under(runs, outputs / "sweep_real_cpu")
+    if tables[0].exists():
+        write_tables(tables, res, runs=table_runs)
     classes = coreset_classes(runs)  # the positives of every CTR coreset (table, sweeps, proxy runs)
     seed_rows: list = []
     seqrec_rows: list = []
-    table_runs = collect(tables) if tables[0].exists() else pd.DataFrame()  # read once, used by every section
     parts = ["# Real Games study: generated numbers", "",
              "Written by `bash scripts/real_games.sh report` from the runs finished so far; the README reads them.", "",
              "## Pilot", "", pilot_table(outputs / "pilot_real_cpu"),
              "## SeqRec control: no fine-tuning", "",
-             seqrec_control_table(outputs / "pilot_real_cpu_seqrec", outputs / "table_real_cpu"),
+             seqrec_control_table(outputs / "pilot_real_cpu_seqrec", table_runs),
              "## CTR differences to random, seed by seed", "",
              seed_paired(table_runs, rows=seed_rows),
              differences_figure(res, seed_rows, figs),

@@ -110,6 +110,22 @@ def test_every_row_names_its_seeds_commits_and_commands(tmp_path):
     assert csv.loc["random", "origin"] == "seeds 0-1 at 1111111 by command 2; 2 at 2222222 by command 1"
 
 
+def test_write_tables_uses_the_runs_it_is_given(tmp_path):
+    """A report reads the runs once: a job that finishes after that read is in none of the tables it writes."""
+    fake_runs(tmp_path / "runs")
+    runs = collect([tmp_path / "runs"])
+    late = tmp_path / "runs" / "late"  # finished after the report read the runs
+    late.mkdir()
+    src = next((tmp_path / "runs").glob("run1_ctr"))
+    m = json.loads((src / "metrics.json").read_text())
+    (late / "metrics.json").write_text(json.dumps({**m, "selector": "latecomer"}))
+    write_tables([tmp_path / "runs"], tmp_path / "results", runs=runs)
+    assert "latecomer" not in (tmp_path / "results" / "table_ctr.md").read_text()
+    assert "From 6 runs in `runs/`" in (tmp_path / "results" / "table_ctr.md").read_text()
+    write_tables([tmp_path / "runs"], tmp_path / "results")  # without: collected when called
+    assert "| latecomer |" in (tmp_path / "results" / "table_ctr.md").read_text()
+
+
 def test_a_task_without_runs_keeps_its_table(tmp_path):
     fake_runs(tmp_path / "runs")
     for d in (tmp_path / "runs").glob("run*_seqrec"):  # only the CTR half was re-run

@@ -221,3 +221,18 @@ def test_differences_figure_for_seqrec_reads_its_table_and_names_the_metric(tmp_
     assert text == "Figure: `figures/seqrec_hr10_diff_vs_random.png`.\n"
     assert (tmp_path / "seqrec_hr10_diff_vs_random.png").stat().st_size > 0
     assert mod.differences_figure(tmp_path / "none", [], tmp_path, task="ctr") == ""
+
+
+def test_each_section_takes_its_runs_from_one_read(tmp_path):
+    """`under` splits the one collection of runs by folder (by path component: a sibling folder whose name starts
+    the same is not inside), so the tables, the sweeps and the proxy check all see the same finished jobs."""
+    mod = _report_module()
+    out = tmp_path / "outputs"
+    _run(out / "table_real_cpu", "a", "goracs", 0, 0.5, 0.1)
+    _run(out / "table_real_cpu" / "deeper", "b", "random", 0, None, 0.0)
+    _run(out / "table_real_cpu_extra", "c", "random", 1, None, 0.0)
+    _run(out / "sweep_real_cpu", "d", "goracs", 0, 0.1, 0.05)
+    runs = mod.collect([out])
+    assert sorted(mod.under(runs, out / "table_real_cpu")["selector"]) == ["goracs", "random"]
+    assert mod.under(runs, out / "sweep_real_cpu")["lam"].tolist() == [0.1]
+    assert mod.under(runs, out / "proxy_real_cpu").empty and mod.under(pd.DataFrame(), out).empty

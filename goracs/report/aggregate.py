@@ -377,11 +377,14 @@ def row_origins(runs: pd.DataFrame, task: str, origin: dict | None = None,
     return out
 
 
-def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
+def write_tables(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+                 runs: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Write table_<task>.md and table_<task>.csv for every task that has runs (a task without runs keeps the
-    table files it has, e.g. when only one task's half of a study was re-run); returns the summaries."""
+    table files it has, e.g. when only one task's half of a study was re-run); returns the summaries. `runs`: the
+    runs already collected from `roots` (a report that reads them once, so that a job finishing while it writes
+    cannot be in one of its sections and not another); None collects them here."""
     roots = list(roots)
-    runs = collect(roots)
+    runs = collect(roots) if runs is None else runs
     out_dir = Path(out_dir)
     out = {}
     for task in TASKS:
