@@ -14,8 +14,9 @@
 #   bash scripts/real_games.sh queue1           # one core: the CTR steps in the study's order of priority
 #   bash scripts/real_games.sh queue2           # the other core: the SeqRec table, then the pilot's last rows and
 #                                               # GraNd / EL2N within classes (queue1 never runs these)
-#   bash scripts/real_games.sh resume [COMMIT]  # both queues in the background, from a checkout of COMMIT (default
-#                                               # HEAD) in /tmp/goracs-study, so that edits here cannot change a
+#   bash scripts/real_games.sh resume [COMMIT]  # both queues in the background, from a checkout of COMMIT (default:
+#                                               # results/real_games/STUDY_COMMIT if present, else HEAD) in
+#                                               # /tmp/goracs-study, so that edits here cannot change a
 #                                               # running job; cache/ and outputs/ stay in this checkout; logs
 #                                               # appended to outputs/queue1.log and queue2.log. Refused while any
 #                                               # study job runs, or when the folder is not a linked worktree.
@@ -70,7 +71,14 @@ case "$step" in
         > /dev/null; then
       echo "a study job is already running (pgrep -af 'real_games.sh|-m goracs'): not started twice" >&2; exit 1
     fi
-    root=$(pwd); wt=${STUDY_CHECKOUT:-/tmp/goracs-study}; commit=$(git rev-parse --verify "${1:-HEAD}^{commit}")
+    # the commit: the argument, else the study's pinned commit (results/real_games/STUDY_COMMIT), else HEAD
+    want=${1:-}
+    pin=results/real_games/STUDY_COMMIT
+    if [ -z "$want" ] && [ -f "$pin" ]; then
+      want=$(awk 'NF && $1 !~ /^#/ {print $1; exit}' "$pin")
+      echo "from the study's pinned commit ${want} ($pin); 'resume HEAD' runs the checkout's own" >&2
+    fi
+    root=$(pwd); wt=${STUDY_CHECKOUT:-/tmp/goracs-study}; commit=$(git rev-parse --verify "${want:-HEAD}^{commit}")
     wt=$(realpath -m "$wt")
     if [ -e "$wt" ]; then  # only ever a linked worktree of this repository is replaced, never any other folder
       if git worktree list --porcelain | awk '/^worktree /{n++; if (n > 1) print substr($0, 10)}' | grep -qxF "$wt"; then

@@ -37,6 +37,12 @@ def test_resume_starts_both_queues_from_a_fixed_checkout_and_refuses_a_second_st
     _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-am", "script under test",
          cwd=repo)
     head = _git("rev-parse", "HEAD", cwd=repo)
+    # a later commit pins the study to `head`: resume without an argument starts from the pin, not from HEAD
+    (repo / "results" / "real_games").mkdir(parents=True, exist_ok=True)
+    (repo / "results" / "real_games" / "STUDY_COMMIT").write_text(f"# the pin\n{head[:9]}\n# a later note\n")
+    _git("add", "results/real_games/STUDY_COMMIT", cwd=repo)
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "pin", cwd=repo)
+    later = _git("rev-parse", "HEAD", cwd=repo)
     record = tmp_path / "jobs.txt"
     fake = tmp_path / "bin" / "python"
     fake.parent.mkdir()
@@ -49,7 +55,7 @@ def test_resume_starts_both_queues_from_a_fixed_checkout_and_refuses_a_second_st
     out = subprocess.run(["bash", "scripts/real_games.sh", "resume"], cwd=repo, env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert f"study queues started from {head[:7]}" in out.stdout
+    assert f"study queues started from {head[:7]}" in out.stdout and "pinned commit" in out.stderr
     # each queue's last step: queue1 ends with the budget sweep, queue2 with GraNd / EL2N within classes
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -92,3 +98,12 @@ def test_resume_starts_both_queues_from_a_fixed_checkout_and_refuses_a_second_st
     finally:
         busy.kill()
         busy.wait()
+    # an argument overrides the pin
+    deadline = time.time() + 60
+    while _study_running() and time.time() < deadline:  # the first resume's recorded queues end in seconds
+        time.sleep(0.2)
+    newer = subprocess.run(["bash", "scripts/real_games.sh", "resume", "HEAD"], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert newer.returncode == 0, newer.stderr
+    assert f"study queues started from {later[:7]}" in newer.stdout and "pinned" not in newer.stderr
+    assert _git("rev-parse", "HEAD", cwd=wt) == later
