@@ -55,17 +55,13 @@ def pilot_table(root: Path) -> str:
             "cached before stage times were recorded (its first run's log has the cost).\n")
 
 
-def seqrec_control_table(root: Path, table_root: Path | pd.DataFrame) -> str:
-    """The SeqRec control (no fine-tuning) next to the table: HR / NDCG at 5 and 10 with bootstrap intervals over
-    test samples, and the share of test samples whose target rank equals a fine-tuned table run's of the same seed.
-    `table_root`: the table's folder, or its runs as already collected."""
+def seqrec_control_table(root: Path, table: pd.DataFrame) -> str:
+    """The SeqRec control (no fine-tuning) next to the table (its runs, as collected): HR / NDCG at 5 and 10 with
+    bootstrap intervals over test samples, and the share of test samples whose target rank equals a fine-tuned
+    table run's of the same seed."""
     runs = collect([root]) if root.exists() else pd.DataFrame()
     if runs.empty:
         return "No SeqRec control runs yet.\n"
-    if isinstance(table_root, pd.DataFrame):
-        table = table_root.copy()
-    else:
-        table = collect([table_root]) if table_root.exists() else pd.DataFrame()
     if not table.empty:
         table = table[table["task"] == "seqrec"]
     lines = ["| run | HR@5 | HR@10 | NDCG@5 | NDCG@10 | same target rank as the fine-tuned runs of its seed |",

@@ -107,7 +107,7 @@ def test_seqrec_control_reads_ranks_with_intervals_and_agreement(tmp_path):
                                                         "rank": r.tolist()}))
         (d / "run_info.json").write_text(json.dumps({"git": {"commit": "abc1234def", "dirty": False},
                                                      "argv": ["goracs/__main__.py", "-m", "experiment=x"]}))
-    text = mod.seqrec_control_table(tmp_path / "pilot_real_cpu_seqrec", tmp_path / "table_real_cpu")
+    text = mod.seqrec_control_table(tmp_path / "pilot_real_cpu_seqrec", mod.collect([tmp_path / "table_real_cpu"]))
     row = next(line for line in text.splitlines() if line.startswith("| zero-shot"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "zero-shot (no fine-tuning), seed 0" and cells[1].startswith("0.5000 [")
@@ -122,7 +122,7 @@ def test_seqrec_control_reads_ranks_with_intervals_and_agreement(tmp_path):
     d_hr5 = [c.strip() for c in gain.strip("|").split("|")][1]
     assert d_hr5.startswith("-0.0600 [") and d_hr5.endswith("] *")
     assert float(d_hr5.split("[")[1].split(",")[1].split("]")[0]) < 0
-    assert "No SeqRec control runs yet." in mod.seqrec_control_table(tmp_path / "missing", tmp_path)
+    assert "No SeqRec control runs yet." in mod.seqrec_control_table(tmp_path / "missing", pd.DataFrame())
 
 
 def test_seed_by_seed_differences_count_wins_and_test_them_by_signed_ranks():

@@ -70,9 +70,15 @@ def synthetic_config(cfg: Mapping[str, Any]) -> synthetic.SyntheticConfig:
     return synthetic.SyntheticConfig(**block)
 
 
+# The settings that say where the input files lie (read only by input_files): the files enter the key by name, size
+# and SHA-256, so a moved or copied data folder keeps its cached data.
+LOCATION_SETTINGS = ("root", "inter_file", "item_file", "reviews_file", "meta_file")
+
+
 def cache_key(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """What determines the loaded data: the config and the input files' identity."""
-    return {"cfg": dict(cfg), "files": {k: file_fingerprint(p) for k, p in input_files(cfg).items()}}
+    """What determines the loaded data: the config less where its files lie, and the input files by content."""
+    return {"cfg": {k: v for k, v in dict(cfg).items() if k not in LOCATION_SETTINGS},
+            "files": {k: file_fingerprint(p) for k, p in input_files(cfg).items()}}
 
 
 def load_interactions(cfg: Mapping[str, Any], progress: bool = True) -> tuple[pd.DataFrame, dict[str, str], dict]:

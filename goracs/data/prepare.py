@@ -22,11 +22,7 @@ log = logging.getLogger(__name__)
 
 DATA_VERSION = 2  # bump when sample construction changes (the prompt text is part of the key: prepare_key)
 # 2: the key holds only the task settings the samples are built from (data_settings) and the dataset's input files
-#    by content, not where they lie (dataset_key); version 1 keyed the whole task config and the data folder's path
-
-# The dataset settings that say where the input files lie: the files enter the key by content (name, size,
-# SHA-256), so a moved or copied data folder keeps its prepared samples.
-LOCATION_SETTINGS = ("root", "inter_file", "item_file", "reviews_file", "meta_file")
+#    by content, not where they lie (datasets.cache_key); version 1 keyed the whole task config and the folder path
 
 
 @dataclass
@@ -63,16 +59,10 @@ def data_settings(task_cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def dataset_key(dataset_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The dataset config without where its files lie, and the input files by content."""
-    key = cache_key(dataset_cfg)
-    return {"cfg": {k: v for k, v in key["cfg"].items() if k not in LOCATION_SETTINGS}, "files": key["files"]}
-
-
 def prepare_key(dataset_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], seed: int,
                 prompt_cfg: Any = None) -> dict[str, Any]:
     """Everything that determines the prepared samples, the prompt template's text included, and nothing else."""
-    return {"version": DATA_VERSION, "dataset": dataset_key(dataset_cfg), "task": data_settings(task_cfg),
+    return {"version": DATA_VERSION, "dataset": cache_key(dataset_cfg), "task": data_settings(task_cfg),
             "seed": seed, "prompt": task_template(dataset_cfg, task_cfg, prompt_cfg).as_dict()}
 
 
