@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from goracs.io import write_text  # noqa: E402
 from goracs.report import plots  # noqa: E402
-from goracs.report.aggregate import (collect, load_predictions, provenance, sample_metric, task_runs,  # noqa: E402
-                                     write_tables)
+from goracs.report.aggregate import (collect, load_predictions, paired_vs, provenance, sample_metric,  # noqa: E402
+                                     task_runs, write_tables)
 from goracs.report.stats import bootstrap_ci, mean_ci, paired_difference, spearman_ci  # noqa: E402
 
 
@@ -301,6 +301,30 @@ def lambda_curve(runs: pd.DataFrame) -> pd.DataFrame:
     return ctr.drop_duplicates(subset=["dataset", "lam", "seed"], keep="last")
 
 
+def sweep_vs_random(runs: pd.DataFrame, what: str) -> str:
+    """Each sweep point (selector x budget x lambda) minus random at the same budget and seeds, two ways: seed by
+    seed (t interval over the seeds both have) and over test samples (paired bootstrap, the fine-tunes fixed)."""
+    df = task_runs(runs, "ctr")
+    if df.empty or not (df["selector"] == "random").any():
+        return ""
+    test = paired_vs(runs, "ctr", ["auc"])
+    lines = [f"{what} minus random at the same budget and seeds (AUC):", "",
+             "| selector | budget | lambda | seeds | seed by seed [95 % t] | over test samples [95 % bootstrap] |",
+             "|---|---|---|---|---|---|"]
+    ref = df[df["selector"] == "random"].set_index(["budget", "seed"])["auc"]
+    for (sel, b, lam), part in df[df["selector"] != "random"].groupby(["selector", "budget", "lam"]):
+        d = [float(v) - float(ref[(b, s)]) for s, v in zip(part["seed"], part["auc"]) if (b, s) in ref.index]
+        if not d:
+            continue
+        m, lo, hi = mean_ci(d)
+        seedwise = f"{m:+.4f}" if np.isnan(lo) else f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        t = test[(test["selector"] == sel) & (test["budget"] == b) & (test["lam"] == lam)] if not test.empty else test
+        over = (f"{t['auc_diff'].iloc[0]:+.4f} [{t['auc_diff_lo'].iloc[0]:+.4f}, {t['auc_diff_hi'].iloc[0]:+.4f}]"
+                if not t.empty else "-")
+        lines.append(f"| {sel} | {int(b)} | {lam} | {len(d)} | {seedwise} | {over} |")
+    return "\n".join(lines) if len(lines) > 4 else ""
+
+
 def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None) -> list[str]:
     notes = []
     if sweep.empty:
@@ -308,12 +332,24 @@ def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None) ->
     ctr = sweep[sweep["task"] == "ctr"]
     lam = lambda_curve(pd.concat([sweep, table]) if table is not None and not table.empty else sweep)
     if lam["lam"].nunique() > 1:
-        plots.metric_vs(lam, "lam", "auc", out / "ctr_auc_vs_lambda.png", "real Games CTR: GORACS AUC against lambda")
+        # random at the same budget (64), from the table: the line every lambda is read against
+        pool = pd.concat([sweep, table]) if table is not None and not table.empty else sweep
+        rnd = task_runs(pool, "ctr")
+        rnd = rnd[(rnd["selector"] == "random") & (rnd["budget"] == 64)]
+        band = None
+        if not rnd.empty:
+            m, lo, hi = mean_ci(rnd["auc"].to_numpy(float))
+            band = (f"random 64 ({len(rnd)} seeds)", m, lo, hi)
+        plots.metric_vs(lam, "lam", "auc", out / "ctr_auc_vs_lambda.png", "real Games CTR: GORACS AUC against lambda",
+                        reference=band)
         rows = []
         for v, part in lam.groupby("lam"):
             m, lo, hi = mean_ci(part["auc"].to_numpy(float))
             rows.append(f"| {v} | {m:.4f} [{lo:.4f}, {hi:.4f}] | {len(part)} |")
         notes.append("| lambda | AUC [95 % t over seeds] | seeds |\n|---|---|---|\n" + "\n".join(rows))
+        versus = sweep_vs_random(pd.concat([lam, rnd]) if not rnd.empty else lam, "GORACS at each lambda")
+        if versus:
+            notes.append(versus)
     bud = ctr[(ctr["selector"] == "random") | ((ctr["selector"] == "goracs") & (ctr["lam"].astype(float) == 0.5))]
     if bud["budget"].nunique() > 1:
         plots.metric_vs(bud, "budget", "auc", out / "ctr_auc_vs_budget.png",
@@ -323,6 +359,9 @@ def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None) ->
             m, lo, hi = mean_ci(part["auc"].to_numpy(float))
             rows.append(f"| {sel} | {int(b)} | {m:.4f} [{lo:.4f}, {hi:.4f}] | {len(part)} |")
         notes.append("| selector | budget | AUC [95 % t over seeds] | seeds |\n|---|---|---|---|\n" + "\n".join(rows))
+        versus = sweep_vs_random(bud, "GORACS (lambda 0.5) at each budget")
+        if versus:
+            notes.append(versus)
     return notes
 
 

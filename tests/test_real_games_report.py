@@ -236,3 +236,35 @@ def test_each_section_takes_its_runs_from_one_read(tmp_path):
     assert sorted(mod.under(runs, out / "table_real_cpu")["selector"]) == ["goracs", "random"]
     assert mod.under(runs, out / "sweep_real_cpu")["lam"].tolist() == [0.1]
     assert mod.under(runs, out / "proxy_real_cpu").empty and mod.under(pd.DataFrame(), out).empty
+
+
+def test_sweeps_report_each_point_minus_random_both_ways(tmp_path, monkeypatch):
+    """The sweeps section reads every lambda and every budget against random at the same budget and seeds: seed by
+    seed (t over seeds) and over test samples (paired bootstrap); the lambda figure carries random as a band."""
+    out, res = tmp_path / "outputs", tmp_path / "results"
+    for s in (0, 1, 2):
+        _run(out / "table_real_cpu", f"goracs{s}", "goracs", s, 0.5, 0.1)
+        _run(out / "table_real_cpu", f"random{s}", "random", s, None, 0.0)
+        _run(out / "sweep_real_cpu", f"lam1_{s}", "goracs", s, 1.0, 0.05 + 0.01 * s)
+        for b in (32, 128):
+            _run(out / "sweep_real_cpu", f"r{b}_{s}", "random", s, None, 0.0, budget=b)
+            _run(out / "sweep_real_cpu", f"g{b}_{s}", "goracs", s, 0.5, 0.3 if b == 128 else -0.2, budget=b)
+    monkeypatch.setattr(sys, "argv", ["x", "--outputs", str(out), "--results", str(res)])
+    assert _report_module().main() == 0
+    numbers = (res / "numbers.md").read_text()
+    sweep = numbers.split("## Sweeps")[1].split("## Proxy check")[0]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): [c.strip() for c in line.strip("|").split("|")]
+            for line in sweep.splitlines() if line.startswith("| goracs |")}
+    # lambda 1: AUC 0.65, 0.66, 0.67 against random's 0.6 at each seed: +0.06 +- t(0.975, 2) * 0.01 / sqrt(3)
+    lam1 = rows[("goracs", "64", "1.0")]
+    assert lam1[3] == "3" and lam1[4] == "+0.0600 [+0.0352, +0.0848]"
+    lo, hi = (float(x) for x in lam1[5].split("[")[1].rstrip("]").split(","))
+    assert 0 < lo < hi  # a wider gap between the classes on the same samples: above random over test samples too
+    assert rows[("goracs", "64", "0.5")][4] == "+0.1000 [+0.1000, +0.1000]"
+    # the budget sweep: above random at 128, below at 32, each against random at its own budget
+    assert rows[("goracs", "128", "0.5")][4].startswith("+0.3000")
+    assert rows[("goracs", "32", "0.5")][4].startswith("-0.2000")
+    hi32 = float(rows[("goracs", "32", "0.5")][5].split(",")[1].rstrip("]"))
+    assert hi32 < 0
+    assert (res / "figures" / "ctr_auc_vs_budget.png").stat().st_size > 0
+    assert (res / "figures" / "ctr_auc_vs_lambda.png").stat().st_size > 0

@@ -23,12 +23,19 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
-def metric_vs(runs: pd.DataFrame, x: str, metric: str, path: str | os.PathLike, title: str = "") -> Path:
+def metric_vs(runs: pd.DataFrame, x: str, metric: str, path: str | os.PathLike, title: str = "",
+              reference: tuple[str, float, float, float] | None = None) -> Path:
     """Mean of `metric` against `x` (lam or budget), one line per selector, with the 95 % t interval over seeds
-    as error bars (none for a single seed)."""
+    as error bars (none for a single seed). `reference` (label, mean, low, high): a row that does not vary with
+    `x` (random against lambda), drawn as a horizontal line with its interval shaded."""
     from goracs.report.stats import mean_ci
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    if reference is not None:
+        label, m, lo, hi = reference
+        ax.axhline(m, color="grey", linestyle="--", linewidth=1, label=label)
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.axhspan(lo, hi, color="grey", alpha=0.15, linewidth=0)
     df = runs.dropna(subset=[metric, x])
     for sel, part in df.groupby("selector"):
         rows = []
