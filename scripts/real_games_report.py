@@ -161,6 +161,21 @@ def times_table(runs: pd.DataFrame) -> str:
             "wall time includes waiting for the other job on the 2 cores)." + missing + "\n")
 
 
+def reference_by_seed(df: pd.DataFrame, reference: str = "random", metric: str = "auc") -> pd.Series:
+    """The reference row's metric per (budget, seed): what each selector's run is differenced against."""
+    return df[df["selector"] == reference].groupby(["budget", "seed"])[metric].mean()
+
+
+def seed_differences(part: pd.DataFrame, ref: pd.Series, budget, metric: str = "auc") -> dict[int, float]:
+    """{seed: the row's metric minus the reference's at the same budget and seed}, over the seeds both have."""
+    return {int(s): float(v) - float(ref[(budget, s)]) for s, v in part.groupby("seed")[metric].mean().items()
+            if (budget, s) in ref.index}
+
+
+def fmt_ci(m: float, lo: float, hi: float) -> str:
+    return f"{m:+.4f}" if np.isnan(lo) else f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
 def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", reference: str = "random",
                 rows: list | None = None) -> str:
     """Each selector minus random, seed by seed (the same fine-tuning seed), with a t interval over the seeds: the
@@ -176,7 +191,7 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
     df = task_runs(runs, task)  # one run per row x seed (the newest), lam "-" for selectors without one
     if df.empty:
         return "No runs yet.\n"
-    ref = df[df["selector"] == reference].groupby(["budget", "seed"])[metric].mean()
+    ref = reference_by_seed(df, reference, metric)
     if ref.empty:
         return f"No {reference} runs yet.\n"
     lines = [f"| selector | budget | {metric.upper()} minus {reference}, per seed | mean [95 % t over seeds] | "
@@ -188,13 +203,12 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
         name = sel if lams[sel] == 1 else f"{sel} (lambda {lam})"  # named by lambda where a selector has several
         budgets = ref.index.get_level_values(0)
         rb = b if b in budgets else budgets.value_counts().idxmax()  # the full row: random at the table's budget
-        d = {int(s): float(v) - float(ref[(rb, s)]) for s, v in part.groupby("seed")[metric].mean().items()
-             if (rb, s) in ref.index}
+        d = seed_differences(part, ref, rb, metric)
         if not d:
             continue
         m, lo, hi = mean_ci(list(d.values()))
         per = ", ".join(f"{s}: {v:+.4f}" for s, v in sorted(d.items()))
-        ci = f"{m:+.4f}" if np.isnan(lo) else f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        ci = fmt_ci(m, lo, hi)
         v = np.array(list(d.values()))
         p = float(stats.wilcoxon(v).pvalue) if np.count_nonzero(v) > 0 and len(v) > 1 else float("nan")
         mine = np.array([float(x) for s, x in part.groupby("seed")[metric].mean().items() if int(s) in d])
@@ -311,13 +325,12 @@ def sweep_vs_random(runs: pd.DataFrame, what: str) -> str:
     lines = [f"{what} minus random at the same budget and seeds (AUC):", "",
              "| selector | budget | lambda | seeds | seed by seed [95 % t] | over test samples [95 % bootstrap] |",
              "|---|---|---|---|---|---|"]
-    ref = df[df["selector"] == "random"].set_index(["budget", "seed"])["auc"]
+    ref = reference_by_seed(df)
     for (sel, b, lam), part in df[df["selector"] != "random"].groupby(["selector", "budget", "lam"]):
-        d = [float(v) - float(ref[(b, s)]) for s, v in zip(part["seed"], part["auc"]) if (b, s) in ref.index]
+        d = list(seed_differences(part, ref, b).values())
         if not d:
             continue
-        m, lo, hi = mean_ci(d)
-        seedwise = f"{m:+.4f}" if np.isnan(lo) else f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        seedwise = fmt_ci(*mean_ci(d))
         t = test[(test["selector"] == sel) & (test["budget"] == b) & (test["lam"] == lam)] if not test.empty else test
         over = (f"{t['auc_diff'].iloc[0]:+.4f} [{t['auc_diff_lo'].iloc[0]:+.4f}, {t['auc_diff_hi'].iloc[0]:+.4f}]"
                 if not t.empty else "-")
@@ -330,10 +343,10 @@ def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None) ->
     if sweep.empty:
         return ["No sweep runs yet."]
     ctr = sweep[sweep["task"] == "ctr"]
-    lam = lambda_curve(pd.concat([sweep, table]) if table is not None and not table.empty else sweep)
+    pool = pd.concat([sweep, table]) if table is not None and not table.empty else sweep
+    lam = lambda_curve(pool)
     if lam["lam"].nunique() > 1:
         # random at the same budget (64), from the table: the line every lambda is read against
-        pool = pd.concat([sweep, table]) if table is not None and not table.empty else sweep
         rnd = task_runs(pool, "ctr")
         rnd = rnd[(rnd["selector"] == "random") & (rnd["budget"] == 64)]
         band = None
