@@ -338,10 +338,14 @@ def sweep_vs_random(runs: pd.DataFrame, what: str) -> str:
     return "\n".join(lines) if len(lines) > 4 else ""
 
 
-def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None) -> list[str]:
-    notes = []
+def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None, root: Path | None = None) -> list[str]:
+    """The lambda and budget sweeps: each point's AUC over its seeds and minus random; headed by where the sweep's
+    own runs come from (seeds, commit and command per point; the points taken from the table, lambda 0 and 0.5 at
+    64, and random 64, are the CTR table's runs, whose provenance table_ctr.md gives)."""
     if sweep.empty:
         return ["No sweep runs yet."]
+    notes = [provenance(sweep, [root] if root is not None else [], by_row="ctr").rstrip()
+             + "\n\nLambda 0 and 0.5 at budget 64, and random 64, are the CTR table's runs (table_ctr.md names them)."]
     ctr = sweep[sweep["task"] == "ctr"]
     pool = pd.concat([sweep, table]) if table is not None and not table.empty else sweep
     lam = lambda_curve(pool)
@@ -433,6 +437,16 @@ def proxy(runs: pd.DataFrame, out: Path, classes: dict | None = None) -> str:
     return text + "\n"
 
 
+def proxy_origin(runs: pd.DataFrame, root: Path) -> str:
+    """Where the proxy check's own random subsets come from (seeds, commit, command); its other points are the table's
+    and the sweeps' runs, whose sections name theirs."""
+    extra = under(runs, root)
+    if extra.empty:
+        return ""
+    return (provenance(extra, [root]).rstrip() + " The other subsets are the CTR table's and the sweeps' runs "
+            "(table_ctr.md and the Sweeps section name them).\n\n")
+
+
 def under(runs: pd.DataFrame, root: Path) -> pd.DataFrame:
     """The runs whose folder lies under `root` (an empty frame when there are none)."""
     if runs.empty:
@@ -475,8 +489,9 @@ def main() -> int:
              seed_paired(table_runs, task="seqrec", metric="hr@10",
                          rows=seqrec_rows),
              differences_figure(res, seqrec_rows, figs, metric="hr@10", task="seqrec"), "## Sweeps", "",
-             "\n\n".join(sweeps(sweep, figs, table_runs if not table_runs.empty else None)), "",
-             "## Proxy check", "", proxy(runs, figs, classes),
+             "\n\n".join(sweeps(sweep, figs, table_runs if not table_runs.empty else None,
+                                 outputs / "sweep_real_cpu")), "",
+             "## Proxy check", "", proxy_origin(runs, outputs / "proxy_real_cpu"), proxy(runs, figs, classes),
              "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])
                                              if (outputs / "pilot_real_cpu").exists() else runs)]
     write_text(res / "numbers.md", "\n".join(parts) + "\n")

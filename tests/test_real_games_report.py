@@ -70,6 +70,7 @@ def test_report_joins_the_lambda_curve_and_reports_costs_as_built(tmp_path, monk
     assert "code commit(s) abc1234. Command(s):\n1. `python -m goracs -m experiment=x`" in table
     # proxy check: every distinct subset, random's included (lam None): 3 + 3 + 3 + 1 (the POO differs by seed here)
     assert "10 distinct fine-tuned CTR subsets" in numbers and "Random subsets alone (3)" in numbers
+    assert "From" not in numbers.split("## Proxy check")[1].split("distinct")[0]  # no proxy runs: no origin line
 
 
 def test_proxy_points_are_distinct_subsets_by_their_indices(tmp_path):
@@ -249,10 +250,13 @@ def test_sweeps_report_each_point_minus_random_both_ways(tmp_path, monkeypatch):
         for b in (32, 128):
             _run(out / "sweep_real_cpu", f"r{b}_{s}", "random", s, None, 0.0, budget=b)
             _run(out / "sweep_real_cpu", f"g{b}_{s}", "goracs", s, 0.5, 0.3 if b == 128 else -0.2, budget=b)
+    _run(out / "proxy_real_cpu", "p8", "random", 8, None, 0.02)
     monkeypatch.setattr(sys, "argv", ["x", "--outputs", str(out), "--results", str(res)])
     assert _report_module().main() == 0
     numbers = (res / "numbers.md").read_text()
     sweep = numbers.split("## Sweeps")[1].split("## Proxy check")[0]
+    assert numbers.split("## Proxy check")[1].lstrip().startswith(
+        "From 1 runs in `proxy_real_cpu/`; seeds 8; code commit(s) abc1234.")
     rows = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): [c.strip() for c in line.strip("|").split("|")]
             for line in sweep.splitlines() if line.startswith("| goracs |")}
     # lambda 1: AUC 0.65, 0.66, 0.67 against random's 0.6 at each seed: +0.06 +- t(0.975, 2) * 0.01 / sqrt(3)
@@ -268,3 +272,8 @@ def test_sweeps_report_each_point_minus_random_both_ways(tmp_path, monkeypatch):
     assert hi32 < 0
     assert (res / "figures" / "ctr_auc_vs_budget.png").stat().st_size > 0
     assert (res / "figures" / "ctr_auc_vs_lambda.png").stat().st_size > 0
+    # every sweep point names its seeds, commit and command; the table's points say where they come from
+    assert "From 15 runs in `sweep_real_cpu/`; seeds 0, 1, 2; code commit(s) abc1234." in sweep
+    for row in ("`goracs` 64, lambda 1.0", "`goracs` 128, lambda 0.5", "`random` 32"):
+        assert f"- {row}: seeds 0-2 at abc1234 by command 1" in sweep
+    assert "random 64, are the CTR table's runs" in sweep
