@@ -172,8 +172,9 @@ def seed_differences(part: pd.DataFrame, ref: pd.Series, budget, metric: str = "
             if (budget, s) in ref.index}
 
 
-def fmt_ci(m: float, lo: float, hi: float) -> str:
-    return f"{m:+.4f}" if np.isnan(lo) else f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+def fmt_ci(m: float, lo: float, hi: float, sign: str = "+") -> str:
+    """'m [lo, hi]', or 'm' alone where there is no interval (a single seed)."""
+    return f"{m:{sign}.4f}" if np.isnan(lo) else f"{m:{sign}.4f} [{lo:{sign}.4f}, {hi:{sign}.4f}]"
 
 
 def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", reference: str = "random",
@@ -361,8 +362,7 @@ def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None, ro
                         reference=band)
         rows = []
         for v, part in lam.groupby("lam"):
-            m, lo, hi = mean_ci(part["auc"].to_numpy(float))
-            rows.append(f"| {v} | {m:.4f} [{lo:.4f}, {hi:.4f}] | {len(part)} |")
+            rows.append(f"| {v} | {fmt_ci(*mean_ci(part['auc'].to_numpy(float)), sign='')} | {len(part)} |")
         notes.append("| lambda | AUC [95 % t over seeds] | seeds |\n|---|---|---|\n" + "\n".join(rows))
         versus = sweep_vs_random(pd.concat([lam, rnd]) if not rnd.empty else lam, "GORACS at each lambda")
         if versus:
@@ -373,8 +373,8 @@ def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None, ro
                         "real Games CTR: AUC against budget")
         rows = []
         for (sel, b), part in bud.groupby(["selector", "budget"]):
-            m, lo, hi = mean_ci(part["auc"].to_numpy(float))
-            rows.append(f"| {sel} | {int(b)} | {m:.4f} [{lo:.4f}, {hi:.4f}] | {len(part)} |")
+            auc = fmt_ci(*mean_ci(part["auc"].to_numpy(float)), sign="")
+            rows.append(f"| {sel} | {int(b)} | {auc} | {len(part)} |")
         notes.append("| selector | budget | AUC [95 % t over seeds] | seeds |\n|---|---|---|---|\n" + "\n".join(rows))
         versus = sweep_vs_random(bud, "GORACS (lambda 0.5) at each budget")
         if versus:
@@ -419,8 +419,8 @@ def proxy(runs: pd.DataFrame, out: Path, classes: dict | None = None) -> str:
     rho, lo, hi = spearman_ci(part["poo"].to_numpy(float), part["test_loss"].to_numpy(float))
     rnd = part[part["selector"] == "random"]
     r2 = spearman_ci(rnd["poo"].to_numpy(float), rnd["test_loss"].to_numpy(float)) if len(rnd) >= 3 else None
-    text = (f"{len(part)} distinct fine-tuned CTR subsets of 64 (every selector's table runs and the extra random "
-            f"seeds; a subset fine-tuned with several seeds counts once, at its mean test loss): "
+    text = (f"{len(part)} distinct fine-tuned CTR subsets of 64 (every selector's table runs, the sweeps' runs at 64 "
+            f"and the extra random seeds; a subset fine-tuned with several seeds counts once, at its mean test loss): "
             f"Spearman correlation of POO (at lambda 0.5) and test loss {rho:.3f}, 95 % bootstrap interval over "
             f"subsets [{lo:.3f}, {hi:.3f}].")
     if r2 is not None:
@@ -443,7 +443,7 @@ def proxy_origin(runs: pd.DataFrame, root: Path) -> str:
     extra = under(runs, root)
     if extra.empty:
         return ""
-    return (provenance(extra, [root]).rstrip() + " The other subsets are the CTR table's and the sweeps' runs "
+    return (provenance(extra, [root]).rstrip() + "\n\nThe other subsets are the CTR table's and the sweeps' runs "
             "(table_ctr.md and the Sweeps section name them).\n\n")
 
 

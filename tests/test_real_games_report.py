@@ -57,6 +57,8 @@ def test_report_joins_the_lambda_curve_and_reports_costs_as_built(tmp_path, monk
     lam_rows = [line for line in numbers.splitlines() if line.startswith("| 0.")]
     assert [r.split(" |")[0] for r in lam_rows] == ["| 0.0", "| 0.1", "| 0.5"]
     assert lam_rows[0].endswith("| 1 |") and lam_rows[2].endswith("| 3 |")
+    assert lam_rows[0] == "| 0.0 | 0.6800 | 1 |"  # one seed: a mean, no interval
+    assert "nan" not in numbers.split("## Sweeps")[1].split("## Proxy check")[0]
     assert (res / "figures" / "ctr_auc_vs_lambda.png").stat().st_size > 0
     assert (res / "figures" / "ctr_auc_diff_vs_random.png").stat().st_size > 0  # both views of each difference
     # costs: stages as built (400 + 250 + 1 CPU s), the re-run cached job not counted
