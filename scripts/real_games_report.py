@@ -357,7 +357,7 @@ def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None, ro
         band = None
         if not rnd.empty:
             m, lo, hi = mean_ci(rnd["auc"].to_numpy(float))
-            band = (f"random 64 ({len(rnd)} seeds)", m, lo, hi)
+            band = (f"random 64 ({len(rnd)} seeds; its 95 % t interval shaded)", m, lo, hi)
         plots.metric_vs(lam, "lam", "auc", out / "ctr_auc_vs_lambda.png", "real Games CTR: GORACS AUC against lambda",
                         reference=band)
         rows = []

@@ -26,7 +26,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
 def metric_vs(runs: pd.DataFrame, x: str, metric: str, path: str | os.PathLike, title: str = "",
               reference: tuple[str, float, float, float] | None = None) -> Path:
     """Mean of `metric` against `x` (lam or budget), one line per selector, with the 95 % t interval over seeds
-    as error bars (none for a single seed). `reference` (label, mean, low, high): a row that does not vary with
+    as error bars (none for a single seed) and each point's seed count beside it. `reference` (label, mean, low, high): a row that does not vary with
     `x` (random against lambda), drawn as a horizontal line with its interval shaded."""
     from goracs.report.stats import mean_ci
 
@@ -41,9 +41,11 @@ def metric_vs(runs: pd.DataFrame, x: str, metric: str, path: str | os.PathLike, 
         rows = []
         for xv, grp in part.groupby(x):
             m, lo, hi = mean_ci(grp[metric].to_numpy(float))
-            rows.append((float(xv), m, 0.0 if np.isnan(lo) else m - lo, 0.0 if np.isnan(hi) else hi - m))
+            rows.append((float(xv), m, 0.0 if np.isnan(lo) else m - lo, 0.0 if np.isnan(hi) else hi - m, len(grp)))
         g = np.asarray(sorted(rows))
-        ax.errorbar(g[:, 0], g[:, 1], yerr=g[:, 2:].T, marker="o", capsize=3, label=sel)
+        ax.errorbar(g[:, 0], g[:, 1], yerr=g[:, 2:4].T, marker="o", capsize=3, label=sel)
+        for xv, m, *_, n in g:  # how many seeds each point averages
+            ax.annotate(f"n={int(n)}", (xv, m), textcoords="offset points", xytext=(5, -9), fontsize=7)
     ax.set_xlabel({"lam": "lambda", "budget": "budget n"}.get(x, x))
     if x == "budget":
         ax.set_xscale("log", base=2)
