@@ -316,6 +316,20 @@ def lambda_curve(runs: pd.DataFrame) -> pd.DataFrame:
     return ctr.drop_duplicates(subset=["dataset", "lam", "seed"], keep="last")
 
 
+def lambdas_at_common_seeds(lam: pd.DataFrame) -> str:
+    """Do the lambdas differ at all? Each lambda's mean AUC over the seeds every lambda has (a fair side-by-side where
+    some lambdas have more seeds), and the Friedman test across the lambdas, blocked by seed (rank-based: the
+    fine-tuning seed moves every lambda's AUC together). Needs 3 or more lambdas and 2 or more common seeds."""
+    by = lam.pivot_table(index="seed", columns="lam", values="auc", aggfunc="mean").dropna()
+    if by.shape[1] < 3 or by.shape[0] < 2:
+        return ""
+    res = stats.friedmanchisquare(*(by[c].to_numpy(float) for c in by.columns))
+    means = ", ".join(f"{c}: {by[c].mean():.4f}" for c in by.columns)
+    seeds = ", ".join(str(int(v)) for v in by.index)
+    return (f"At the seeds every lambda has ({seeds}), mean AUC by lambda: {means}. Friedman test across the "
+            f"{by.shape[1]} lambdas, blocked by seed: chi-square {res.statistic:.2f}, p {res.pvalue:.3f}.")
+
+
 def sweep_vs_random(runs: pd.DataFrame, what: str) -> str:
     """Each sweep point (selector x budget x lambda) minus random at the same budget and seeds, two ways: seed by
     seed (t interval over the seeds both have) and over test samples (paired bootstrap, the fine-tunes fixed)."""
@@ -364,6 +378,9 @@ def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None, ro
         for v, part in lam.groupby("lam"):
             rows.append(f"| {v} | {fmt_ci(*mean_ci(part['auc'].to_numpy(float)), sign='')} | {len(part)} |")
         notes.append("| lambda | AUC [95 % t over seeds] | seeds |\n|---|---|---|\n" + "\n".join(rows))
+        same = lambdas_at_common_seeds(lam)
+        if same:
+            notes.append(same)
         versus = sweep_vs_random(pd.concat([lam, rnd]) if not rnd.empty else lam, "GORACS at each lambda")
         if versus:
             notes.append(versus)

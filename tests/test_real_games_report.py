@@ -249,6 +249,7 @@ def test_sweeps_report_each_point_minus_random_both_ways(tmp_path, monkeypatch):
         _run(out / "table_real_cpu", f"goracs{s}", "goracs", s, 0.5, 0.1)
         _run(out / "table_real_cpu", f"random{s}", "random", s, None, 0.0)
         _run(out / "sweep_real_cpu", f"lam1_{s}", "goracs", s, 1.0, 0.05 + 0.01 * s)
+        _run(out / "sweep_real_cpu", f"lam01_{s}", "goracs", s, 0.1, 0.0)
         for b in (32, 128):
             _run(out / "sweep_real_cpu", f"r{b}_{s}", "random", s, None, 0.0, budget=b)
             _run(out / "sweep_real_cpu", f"g{b}_{s}", "goracs", s, 0.5, 0.3 if b == 128 else -0.2, budget=b)
@@ -275,7 +276,11 @@ def test_sweeps_report_each_point_minus_random_both_ways(tmp_path, monkeypatch):
     assert (res / "figures" / "ctr_auc_vs_budget.png").stat().st_size > 0
     assert (res / "figures" / "ctr_auc_vs_lambda.png").stat().st_size > 0
     # every sweep point names its seeds, commit and command; the table's points say where they come from
-    assert "From 15 runs in `sweep_real_cpu/`; seeds 0, 1, 2; code commit(s) abc1234." in sweep
+    assert "From 18 runs in `sweep_real_cpu/`; seeds 0, 1, 2; code commit(s) abc1234." in sweep
+    # the lambdas side by side at their common seeds; every seed ranks them 0.1 < 1 < 0.5: Friedman chi-square
+    # 12 / (n k (k + 1)) * (3^2 + 6^2 + 9^2) - 3 n (k + 1) = 6 with n = k = 3, p = exp(-6 / 2)
+    assert ("mean AUC by lambda: 0.1: 0.6000, 0.5: 0.7000, 1.0: 0.6600. Friedman test across the 3 lambdas, "
+            "blocked by seed: chi-square 6.00, p 0.050.") in sweep
     for row in ("`goracs` 64, lambda 1.0", "`goracs` 128, lambda 0.5", "`random` 32"):
         assert f"- {row}: seeds 0-2 at abc1234 by command 1" in sweep
     assert "random 64, are the CTR table's runs" in sweep
