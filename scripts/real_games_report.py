@@ -212,8 +212,8 @@ def seed_paired(runs: pd.DataFrame, task: str = "ctr", metric: str = "auc", refe
         ci = fmt_ci(m, lo, hi)
         v = np.array(list(d.values()))
         p = float(stats.wilcoxon(v).pvalue) if np.count_nonzero(v) > 0 and len(v) > 1 else float("nan")
-        mine = np.array([float(x) for s, x in part.groupby("seed")[metric].mean().items() if int(s) in d])
-        theirs = np.array([float(ref[(rb, s)]) for s in sorted(d)])
+        theirs = np.array([float(ref[(rb, s)]) for s in d])
+        mine = theirs + v  # the row's own metric at those seeds
         sd = f"{np.std(mine, ddof=1):.4f} ({np.std(theirs, ddof=1):.4f})" if len(v) > 1 else "-"
         lev = float(stats.levene(mine, theirs).pvalue) if len(v) > 2 else float("nan")
         lines.append(f"| {name} | {int(b)} | {per} | {ci} | {int((v > 0).sum())} of {len(v)} | "
@@ -347,20 +347,21 @@ def sweep_vs_random(runs: pd.DataFrame, what: str) -> str:
             continue
         seedwise = fmt_ci(*mean_ci(d))
         t = test[(test["selector"] == sel) & (test["budget"] == b) & (test["lam"] == lam)] if not test.empty else test
-        over = (f"{t['auc_diff'].iloc[0]:+.4f} [{t['auc_diff_lo'].iloc[0]:+.4f}, {t['auc_diff_hi'].iloc[0]:+.4f}]"
-                if not t.empty else "-")
+        over = "-" if t.empty else fmt_ci(*(t[c].iloc[0] for c in ("auc_diff", "auc_diff_lo", "auc_diff_hi")))
         lines.append(f"| {sel} | {int(b)} | {lam} | {len(d)} | {seedwise} | {over} |")
     return "\n".join(lines) if len(lines) > 4 else ""
 
 
-def sweeps(sweep: pd.DataFrame, out: Path, table: pd.DataFrame | None = None, root: Path | None = None) -> list[str]:
+def sweeps(sweep: pd.DataFrame, out: Path, root: Path, table: pd.DataFrame | None = None) -> list[str]:
     """The lambda and budget sweeps: each point's AUC over its seeds and minus random; headed by where the sweep's
     own runs come from (seeds, commit and command per point; the points taken from the table, lambda 0 and 0.5 at
     64, and random 64, are the CTR table's runs, whose provenance table_ctr.md gives)."""
     if sweep.empty:
         return ["No sweep runs yet."]
-    notes = [provenance(sweep, [root] if root is not None else [], by_row="ctr").rstrip()
-             + "\n\nLambda 0 and 0.5 at budget 64, and random 64, are the CTR table's runs (table_ctr.md names them)."]
+    notes = [provenance(sweep, [root], by_row="ctr").rstrip()]
+    if table is not None and not table.empty:
+        notes.append("Lambda 0 and 0.5 at budget 64, and random 64, are the CTR table's runs "
+                     "(table_ctr.md names them).")
     ctr = sweep[sweep["task"] == "ctr"]
     pool = pd.concat([sweep, table]) if table is not None and not table.empty else sweep
     lam = lambda_curve(pool)
@@ -506,8 +507,8 @@ def main() -> int:
              seed_paired(table_runs, task="seqrec", metric="hr@10",
                          rows=seqrec_rows),
              differences_figure(res, seqrec_rows, figs, metric="hr@10", task="seqrec"), "## Sweeps", "",
-             "\n\n".join(sweeps(sweep, figs, table_runs if not table_runs.empty else None,
-                                 outputs / "sweep_real_cpu")), "",
+             "\n\n".join(sweeps(sweep, figs, outputs / "sweep_real_cpu",
+                                 table_runs if not table_runs.empty else None)), "",
              "## Proxy check", "", proxy_origin(runs, outputs / "proxy_real_cpu"), proxy(runs, figs, classes),
              "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])
                                              if (outputs / "pilot_real_cpu").exists() else runs)]

@@ -26,8 +26,9 @@ def _save(fig, path: str | os.PathLike) -> Path:
 def metric_vs(runs: pd.DataFrame, x: str, metric: str, path: str | os.PathLike, title: str = "",
               reference: tuple[str, float, float, float] | None = None) -> Path:
     """Mean of `metric` against `x` (lam or budget), one line per selector, with the 95 % t interval over seeds
-    as error bars (none for a single seed) and each point's seed count beside it. `reference` (label, mean, low, high): a row that does not vary with
-    `x` (random against lambda), drawn as a horizontal line with its interval shaded."""
+    as error bars (none for a single seed) and each point's seed count beside it. `reference` (label, mean, low,
+    high): a row that does not vary with `x` (random against lambda), drawn as a horizontal line with its interval
+    shaded."""
     from goracs.report.stats import mean_ci
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
