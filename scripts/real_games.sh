@@ -10,7 +10,9 @@
 #   bash scripts/real_games.sh seqrec_control   # SeqRec with no fine-tuning (the table's evaluation), its own folder
 #   bash scripts/real_games.sh sweeps           # lambda and budget sweeps
 #   bash scripts/real_games.sh proxy            # extra random subsets for the proxy check
-#   bash scripts/real_games.sh report           # tables, intervals, figures into results/real_games/
+#   bash scripts/real_games.sh report           # archive every finished run's metrics / predictions / run_info in
+#                                               # results/real_games/runs/ (committed), then tables, intervals,
+#                                               # figures into results/real_games/ from that archive alone
 #   bash scripts/real_games.sh queue1           # one core: the CTR steps in the study's order of priority
 #   bash scripts/real_games.sh queue2           # the other core: the SeqRec table, then the pilot's last rows and
 #                                               # GraNd / EL2N within classes (queue1 never runs these)

@@ -1,5 +1,6 @@
-"""The real-data study's report (issue 16, profile real_cpu): from whatever runs have finished under outputs/,
-write into results/real_games/ the pilot table, the CTR and SeqRec tables (intervals, paired differences to random),
+"""The real-data study's report (issue 16, profile real_cpu). First archives the small files of every run finished
+under outputs/ into results/real_games/runs/ (committed: goracs/report/archive.py), then, from that archive alone,
+writes into results/real_games/ the pilot table, the CTR and SeqRec tables (intervals, paired differences to random),
 the lambda and budget sweeps, the proxy check (Spearman with its interval) and the jobs' wall and CPU times.
 Rows say how many seeds they have, so a partial study reports what it has.
 
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from goracs.io import write_text  # noqa: E402
+from goracs.report.archive import archive_runs  # noqa: E402
 from goracs.report import plots  # noqa: E402
 from goracs.report.aggregate import (collect, load_predictions, paired_vs, provenance, sample_metric,  # noqa: E402
                                      task_runs, write_tables)
@@ -465,6 +467,10 @@ def proxy_origin(runs: pd.DataFrame, root: Path) -> str:
             "(table_ctr.md and the Sweeps section name them).\n\n")
 
 
+# the study's run folders under outputs/ (configs/experiment/*_real_cpu*.yaml): the archive mirrors these
+STUDY_FOLDERS = ("pilot_real_cpu", "pilot_real_cpu_seqrec", "table_real_cpu", "sweep_real_cpu", "proxy_real_cpu")
+
+
 def under(runs: pd.DataFrame, root: Path) -> pd.DataFrame:
     """The runs whose folder lies under `root` (an empty frame when there are none)."""
     if runs.empty:
@@ -475,10 +481,18 @@ def under(runs: pd.DataFrame, root: Path) -> pd.DataFrame:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--outputs", default=str(ROOT / "outputs"))
-    ap.add_argument("--results", default=str(ROOT / "results" / "real_games"))
+    ap.add_argument("--outputs", default=str(ROOT / "outputs"),
+                    help="where the jobs ran; their finished runs are archived first (default: outputs/)")
+    ap.add_argument("--results", default=str(ROOT / "results" / "real_games"),
+                    help="where the report goes; the archive of runs it reads is its runs/ folder")
+    ap.add_argument("--no-archive", action="store_true",
+                    help="report from the archive as committed, without copying runs from --outputs into it")
     args = ap.parse_args()
-    outputs, res = Path(args.outputs), Path(args.results)
+    res = Path(args.results)
+    outputs = res / "runs"  # the report reads the archive only: what a fresh clone has is what the tables show
+    if not args.no_archive:
+        done = archive_runs(args.outputs, outputs, STUDY_FOLDERS)
+        print(f"archived the finished runs of {args.outputs} into {outputs}: {done.summary()}")
     figs = res / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     tables = [outputs / "table_real_cpu"]

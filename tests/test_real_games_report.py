@@ -284,3 +284,87 @@ def test_sweeps_report_each_point_minus_random_both_ways(tmp_path, monkeypatch):
     for row in ("`goracs` 64, lambda 1.0", "`goracs` 128, lambda 0.5", "`random` 32"):
         assert f"- {row}: seeds 0-2 at abc1234 by command 1" in sweep
     assert "random 64, are the CTR table's runs" in sweep
+
+
+def test_report_archives_finished_runs_and_regenerates_from_the_archive_alone(tmp_path, monkeypatch):
+    """The report copies each finished run's metrics, predictions and run_info into results/.../runs/ (stage
+    artifacts named metrics.json are not runs) and reads only that archive: with outputs/ gone (a fresh clone), the
+    same command writes the same numbers."""
+    out, res = tmp_path / "outputs", tmp_path / "results"
+    for s in (0, 1, 2):
+        _run(out / "table_real_cpu", f"goracs{s}", "goracs", s, 0.5, 0.1 + 0.01 * s)
+        _run(out / "table_real_cpu", f"random{s}", "random", s, None, 0.0)
+    (out / "table_real_cpu" / "goracs0" / "adapter").mkdir()
+    (out / "table_real_cpu" / "goracs0" / "adapter" / "weights.bin").write_bytes(b"x" * 100)
+    stage = out / "table_real_cpu" / "goracs0" / "eval"
+    stage.mkdir()
+    (stage / "metrics.json").write_text(json.dumps({"auc": 0.1}))  # a stage's file: no dataset / task / selector
+    _run(out / "scratch_elsewhere", "r", "random", 9, None, 0.0)  # not a study folder: not archived
+    mod = _report_module()
+    monkeypatch.setattr(sys, "argv", ["x", "--outputs", str(out), "--results", str(res)])
+    assert mod.main() == 0
+    first = (res / "numbers.md").read_text()
+    archived = sorted(p.relative_to(res / "runs").as_posix() for p in (res / "runs").rglob("*") if p.is_file())
+    assert len(archived) == 18 and "table_real_cpu/goracs0/metrics.json" in archived
+    assert not any("adapter" in a or "eval" in a or "scratch" in a for a in archived)
+    import shutil
+    shutil.rmtree(out)
+    monkeypatch.setattr(sys, "argv", ["x", "--outputs", str(out), "--results", str(res)])
+    assert mod.main() == 0
+    assert (res / "numbers.md").read_text() == first
+    assert "| goracs | 64 | 0: +0.1000, 1: +0.1100, 2: +0.1200 |" in first
+
+
+def test_archive_is_idempotent_replaces_re_run_files_and_names_bad_json(tmp_path):
+    from goracs.report.archive import archive_runs
+
+    out, arc = tmp_path / "outputs", tmp_path / "runs"
+    _run(out / "sweep_real_cpu", "a", "random", 0, None, 0.0)
+    _run(out / "sweep_real_cpu", "b", "goracs", 0, 0.5, 0.1)
+    first = archive_runs(out, arc, ["sweep_real_cpu", "missing_folder"])
+    assert sorted(first.added) == ["sweep_real_cpu/a", "sweep_real_cpu/b"] and not first.updated
+    again = archive_runs(out, arc, ["sweep_real_cpu"])
+    assert again.unchanged == 2 and not again.added and not again.updated
+    # a re-run writes new predictions: the archive follows; a run gone from outputs/ stays archived
+    (out / "sweep_real_cpu" / "a" / "predictions.json").write_text('{"ids": [], "labels": [], "p_yes": []}')
+    import shutil
+    shutil.rmtree(out / "sweep_real_cpu" / "b")
+    third = archive_runs(out, arc, ["sweep_real_cpu"])
+    assert third.updated == ["sweep_real_cpu/a"] and third.unchanged == 0
+    assert (arc / "sweep_real_cpu" / "a" / "predictions.json").read_text().startswith('{"ids": []')
+    assert (arc / "sweep_real_cpu" / "b" / "metrics.json").exists()
+    (out / "sweep_real_cpu" / "a" / "metrics.json").write_text("{half")
+    with pytest.raises(ValueError, match=r"sweep_real_cpu/a/metrics.json: not valid JSON"):
+        archive_runs(out, arc, ["sweep_real_cpu"])
+
+
+def test_runs_found_twice_count_at_their_recorded_run_time_not_file_time(tmp_path):
+    """In a clone every file has the checkout's time: which of two copies of a job is newest comes from the time
+    its run_info.json records."""
+    from goracs.report.aggregate import collect, task_runs
+
+    root = tmp_path / "runs"
+    _run(root / "table_real_cpu", "old", "random", 0, None, 0.0)
+    _run(root / "sweep_real_cpu", "new", "random", 0, None, 0.2)
+    for name, stamp in (("table_real_cpu/old", "2026-11-30T10:00:00+00:00"),
+                        ("sweep_real_cpu/new", "2026-12-01T10:00:00+00:00")):
+        info = root / name / "run_info.json"
+        info.write_text(json.dumps({**json.loads(info.read_text()), "time": stamp}))
+    import os
+    os.utime(root / "sweep_real_cpu" / "new" / "metrics.json", (1, 1))  # the newer run has the older file
+    kept = task_runs(collect([root]), "ctr")
+    assert len(kept) == 1 and kept["run_dir"].iloc[0].endswith("new")
+
+
+def test_the_archive_covers_every_study_folder_the_experiments_write():
+    """Each real_cpu experiment's multirun folder is one the report archives (a new experiment folder must be added
+    to STUDY_FOLDERS, or its runs would live only in outputs/)."""
+    import re
+
+    mod = _report_module()
+    dirs = set()
+    for cfg in (ROOT / "configs" / "experiment").glob("*real_cpu*.yaml"):
+        m = re.search(r"dir: \$\{paths\.output_dir\}/(\S+)", cfg.read_text())
+        assert m, cfg
+        dirs.add(m.group(1))
+    assert dirs and dirs <= set(mod.STUDY_FOLDERS)

@@ -3,6 +3,7 @@ column marked."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -37,8 +38,19 @@ def collect(roots: Iterable[str | os.PathLike]) -> pd.DataFrame:
             # the metrics this run's own eval config asked for (eval.metrics, eval.ks), in table order
             names = [x.name for x in task_metrics(m["task"], (m.get("config") or {}).get("eval"))]
             rows.append({**{k: v for k, v in m.items() if not isinstance(v, (list, dict))},
-                         "run_dir": str(path.parent), "_metrics": ",".join(names), "_mtime": path.stat().st_mtime})
+                         "run_dir": str(path.parent), "_metrics": ",".join(names), "_mtime": _run_time(path)})
     return pd.DataFrame(rows)
+
+
+def _run_time(metrics: Path) -> float:
+    """When the run that wrote `metrics` started (run_info.json's recorded time, seconds since the epoch), so that a
+    run found in two folders counts at its newest run wherever the files were copied to (an archive in git, a fresh
+    clone: file times there are checkout times); the file's own time where no run_info.json records one."""
+    try:
+        stamp = json.loads((metrics.parent / "run_info.json").read_text()).get("time")
+        return dt.datetime.fromisoformat(stamp).timestamp()
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return metrics.stat().st_mtime
 
 
 def task_runs(runs: pd.DataFrame, task: str) -> pd.DataFrame:
