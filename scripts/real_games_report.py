@@ -354,10 +354,12 @@ def sweep_vs_random(runs: pd.DataFrame, what: str) -> str:
     return "\n".join(lines) if len(lines) > 4 else ""
 
 
-def sweeps(sweep: pd.DataFrame, out: Path, root: Path, table: pd.DataFrame | None = None) -> list[str]:
+def sweeps(sweep: pd.DataFrame, out: Path, root: Path, table: pd.DataFrame | None = None,
+           recorded: pd.DataFrame | None = None) -> list[str]:
     """The lambda and budget sweeps: each point's AUC over its seeds and minus random; headed by where the sweep's
     own runs come from (seeds, commit and command per point; the points taken from the table, lambda 0 and 0.5 at
-    64, and random 64, are the CTR table's runs, whose provenance table_ctr.md gives)."""
+    64, and random 64, are the CTR table's runs, whose provenance table_ctr.md gives). With `recorded` (the per-seed
+    AUCs of runs whose folders were lost, `load_recorded`), the budget sweep reads the archived runs and those."""
     if sweep.empty:
         return ["No sweep runs yet."]
     notes = [provenance(sweep, [root], by_row="ctr").rstrip()]
@@ -388,7 +390,9 @@ def sweeps(sweep: pd.DataFrame, out: Path, root: Path, table: pd.DataFrame | Non
         if versus:
             notes.append(versus)
     bud = ctr[(ctr["selector"] == "random") | ((ctr["selector"] == "goracs") & (ctr["lam"].astype(float) == 0.5))]
-    if bud["budget"].nunique() > 1:
+    if recorded is not None and not recorded.empty:
+        notes.extend(budget_with_recorded(bud, recorded, out))
+    elif bud["budget"].nunique() > 1:
         plots.metric_vs(bud, "budget", "auc", out / "ctr_auc_vs_budget.png",
                         "real Games CTR: AUC against budget")
         rows = []
@@ -399,6 +403,83 @@ def sweeps(sweep: pd.DataFrame, out: Path, root: Path, table: pd.DataFrame | Non
         versus = sweep_vs_random(bud, "GORACS (lambda 0.5) at each budget")
         if versus:
             notes.append(versus)
+    return notes
+
+
+RECORDED_COLUMNS = ["task", "selector", "budget", "lam", "seed", "auc", "source"]
+
+
+def load_recorded(path: Path) -> pd.DataFrame:
+    """Per-seed AUCs of runs whose folders are gone, as the study's earlier reports recorded them (a CSV with
+    RECORDED_COLUMNS; `source` says where each value was read). A missing column, or a value that is not a number
+    where one is needed, is an error naming the file, line and field."""
+    if not path.exists():
+        return pd.DataFrame(columns=RECORDED_COLUMNS)
+    df = pd.read_csv(path, dtype={"lam": object, "source": str})
+    missing = [c for c in RECORDED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (needs {', '.join(RECORDED_COLUMNS)})")
+    for col in ("budget", "seed", "auc"):
+        bad = pd.to_numeric(df[col], errors="coerce").isna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"{path}: line {i + 2}, field {col}: {df[col].iloc[i]!r} is not a number")
+    df["budget"], df["seed"], df["auc"] = df["budget"].astype(int), df["seed"].astype(int), df["auc"].astype(float)
+    df["lam"] = df["lam"].where(df["lam"].notna(), "-")
+    return df
+
+
+def budget_with_recorded(bud: pd.DataFrame, recorded: pd.DataFrame, out: Path) -> list[str]:
+    """The budget sweep (GORACS at lambda 0.5 and random, CTR) from the archived runs and the recorded per-seed AUCs
+    of lost ones: where a point and seed has both, the archived run counts and the two are printed side by side (a
+    re-run of a recorded job is a check that the study reproduces); each point's mean [95 % t over seeds] with where
+    its seeds come from; GORACS minus random at each budget, seed by seed; the figure."""
+    runs = task_runs(bud, "ctr") if not bud.empty else pd.DataFrame(columns=["selector", "budget", "seed", "auc"])
+    runs = runs[["selector", "budget", "seed", "auc"]].assign(source="archived run")
+    rec = recorded[(recorded["task"] == "ctr") & ((recorded["selector"] == "random") | (
+        (recorded["selector"] == "goracs") & (pd.to_numeric(recorded["lam"], errors="coerce") == 0.5)))]
+    key = ["selector", "budget", "seed"]
+    both = rec.merge(runs, on=key, suffixes=("_recorded", "_rerun"))
+    notes = []
+    if not both.empty:
+        lines = ["Re-runs of recorded jobs (the same config from a fresh clone; the recorded value as the earlier "
+                 "report printed it):", "", "| selector | budget | seed | recorded AUC | re-run AUC | re-run minus recorded |",
+                 "|---|---|---|---|---|---|"]
+        for _, r in both.sort_values(key).iterrows():
+            lines.append(f"| {r['selector']} | {int(r['budget'])} | {int(r['seed'])} | {r['auc_recorded']:.4f} | "
+                         f"{r['auc_rerun']:.4f} | {r['auc_rerun'] - r['auc_recorded']:+.4f} |")
+        notes.append("\n".join(lines))
+    have = set(map(tuple, runs[key].astype(object).to_numpy().tolist()))
+    extra = rec[[tuple(k) not in have for k in rec[key].astype(object).to_numpy().tolist()]]
+    pool = pd.concat([runs, extra[key + ["auc", "source"]]], ignore_index=True)
+    pool["budget"], pool["seed"] = pool["budget"].astype(int), pool["seed"].astype(int)
+    if pool["budget"].nunique() < 2:
+        return notes
+    plots.metric_vs(pool, "budget", "auc", out / "ctr_auc_vs_budget.png",
+                    "real Games CTR: AUC against budget (GORACS lambda 0.5, random)")
+    rows = []
+    for (sel, b), part in pool.groupby(["selector", "budget"]):
+        n_run = int((part["source"] == "archived run").sum())
+        whence = ", ".join(x for x in (f"{n_run} archived" if n_run else "",
+                                       f"{len(part) - n_run} recorded" if len(part) > n_run else "") if x)
+        seeds = ", ".join(f"{int(s)}: {a:.3f}" for s, a in sorted(zip(part["seed"], part["auc"])))
+        rows.append(f"| {sel} | {b} | {seeds} | {fmt_ci(*mean_ci(part['auc'].to_numpy(float)), sign='')} | {whence} |")
+    notes.append("Budget sweep, archived runs and recorded values together (GORACS at lambda 0.5):\n\n"
+                 "| selector | budget | AUC per seed | mean [95 % t over seeds] | from |\n|---|---|---|---|---|\n"
+                 + "\n".join(rows))
+    ref = reference_by_seed(pool)
+    lines = []
+    for b, part in pool[pool["selector"] == "goracs"].groupby("budget"):
+        d = seed_differences(part, ref, b)
+        if not d:
+            continue
+        per = ", ".join(f"{s}: {v:+.3f}" for s, v in sorted(d.items()))
+        above = sum(v > 0 for v in d.values())
+        lines.append(f"| {b} | {per} | {fmt_ci(*mean_ci(list(d.values())))} | {above} of {len(d)} |")
+    if lines:
+        notes.append("GORACS minus random at each budget, seed by seed (AUC):\n\n"
+                     "| budget | per seed | mean [95 % t over seeds] | seeds above random |\n|---|---|---|---|\n"
+                     + "\n".join(lines))
     return notes
 
 
@@ -485,10 +566,13 @@ def main() -> int:
                     help="where the jobs ran; their finished runs are archived first (default: outputs/)")
     ap.add_argument("--results", default=str(ROOT / "results" / "real_games"),
                     help="where the report goes; the archive of runs it reads is its runs/ folder")
+    ap.add_argument("--recorded", type=Path, default=None,
+                    help="per-seed AUCs of lost runs (default: <results>/sessions_1-7/recorded_per_seed_auc.csv)")
     ap.add_argument("--no-archive", action="store_true",
                     help="report from the archive as committed, without copying runs from --outputs into it")
     args = ap.parse_args()
     res = Path(args.results)
+    args.recorded = args.recorded or res / "sessions_1-7" / "recorded_per_seed_auc.csv"
     outputs = res / "runs"  # the report reads the archive only: what a fresh clone has is what the tables show
     if not args.no_archive:
         done = archive_runs(args.outputs, outputs, STUDY_FOLDERS)
@@ -522,7 +606,7 @@ def main() -> int:
                          rows=seqrec_rows),
              differences_figure(res, seqrec_rows, figs, metric="hr@10", task="seqrec"), "## Sweeps", "",
              "\n\n".join(sweeps(sweep, figs, outputs / "sweep_real_cpu",
-                                 table_runs if not table_runs.empty else None)), "",
+                                 table_runs if not table_runs.empty else None, load_recorded(args.recorded))), "",
              "## Proxy check", "", proxy_origin(runs, outputs / "proxy_real_cpu"), proxy(runs, figs, classes),
              "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])
                                              if (outputs / "pilot_real_cpu").exists() else runs)]

@@ -368,3 +368,45 @@ def test_the_archive_covers_every_study_folder_the_experiments_write():
         assert m, cfg
         dirs.add(m.group(1))
     assert dirs and dirs <= set(mod.STUDY_FOLDERS)
+
+
+def test_budget_sweep_joins_archived_runs_and_recorded_values_of_lost_ones(tmp_path, monkeypatch):
+    """Lost runs' per-seed AUCs (a CSV naming each value's source) and archived runs make one budget sweep: an
+    archived re-run of a recorded job wins and both are printed; GORACS minus random is read per budget, seed by
+    seed, wherever either source has both rows."""
+    out, res = tmp_path / "outputs", tmp_path / "results"
+    for s in (0, 1, 2):  # archived: GORACS 128 at 0.6 + 0.01 s + 0.1; random 32 seeds 0 and 2
+        _run(out / "sweep_real_cpu", f"g128_{s}", "goracs", s, 0.5, 0.1 + 0.01 * s, budget=128)
+    for s in (0, 2):
+        _run(out / "sweep_real_cpu", f"r32_{s}", "random", s, None, -0.1, budget=32)
+    rec = res / "sessions_1-7" / "recorded_per_seed_auc.csv"
+    rec.parent.mkdir(parents=True)
+    rows = ["task,selector,budget,lam,seed,auc,source"]
+    rows += [f"ctr,random,128,,{s},{a},old README" for s, a in ((0, 0.6), (1, 0.62), (2, 0.61))]
+    rows += [f"ctr,goracs,32,0.5,{s},0.55,old README" for s in (0, 1, 2)]
+    rows += ["ctr,random,32,,0,0.4999,old README", "ctr,random,32,,1,0.45,old README",
+             "ctr,goracs,64,0.1,0,0.9,another lambda: not in the budget sweep"]
+    rec.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(sys, "argv", ["x", "--outputs", str(out), "--results", str(res)])
+    assert _report_module().main() == 0
+    sweep = (res / "numbers.md").read_text().split("## Sweeps")[1].split("## Proxy check")[0]
+    assert "| random | 32 | 0 | 0.4999 | 0.5000 | +0.0001 |" in sweep  # the re-run beside its recorded value
+    assert "| random | 32 | 0: 0.500, 1: 0.450, 2: 0.500 |" in sweep and "| 2 archived, 1 recorded |" in sweep
+    assert "| goracs | 128 | 0: 0.700, 1: 0.710, 2: 0.720 | 0.7100 [0.6852, 0.7348] | 3 archived |" in sweep
+    assert "| random | 128 | 0: 0.600, 1: 0.620, 2: 0.610 | 0.6100 [0.5852, 0.6348] | 3 recorded |" in sweep
+    assert "| 128 | 0: +0.100, 1: +0.090, 2: +0.110 | +0.1000 [+0.0752, +0.1248] | 3 of 3 |" in sweep
+    assert "| 32 | 0: +0.050, 1: +0.100, 2: +0.050 |" in sweep
+    assert "| goracs | 64 |" not in sweep  # lambda 0.1 is not the budget sweep's GORACS
+    assert (res / "figures" / "ctr_auc_vs_budget.png").stat().st_size > 0
+
+
+def test_recorded_values_name_the_file_line_and_field_when_bad(tmp_path):
+    mod = _report_module()
+    bad = tmp_path / "rec.csv"
+    bad.write_text("task,selector,budget,lam,seed,auc,source\nctr,random,32,,0,0.41,x\nctr,random,32,,1,high,x\n")
+    with pytest.raises(ValueError, match=r"rec.csv: line 3, field auc: 'high' is not a number"):
+        mod.load_recorded(bad)
+    bad.write_text("task,selector,budget,seed,auc\nctr,random,32,0,0.4\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) lam, source"):
+        mod.load_recorded(bad)
+    assert mod.load_recorded(tmp_path / "absent.csv").empty
