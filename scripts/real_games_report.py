@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from goracs.io import write_text  # noqa: E402
-from goracs.report.archive import archive_runs  # noqa: E402
+from goracs.report.archive import CORESET_FILE, archive_runs  # noqa: E402
 from goracs.report import plots  # noqa: E402
 from goracs.report.aggregate import (collect, load_predictions, paired_vs, provenance, sample_metric,  # noqa: E402
                                      task_runs, write_tables)
@@ -240,7 +240,7 @@ def coreset_classes(runs: pd.DataFrame, task: str = "ctr") -> dict[str, tuple[in
     out = {}
     for r in runs[(runs["task"] == task) & runs["coreset"].notna()].to_dict("records"):
         m = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
-        idx_path = Path(str(r["coreset"]))
+        idx_path = coreset_file(r)
         if "dataset" not in (m.get("config") or {}) or not idx_path.exists():
             continue
         cfg = OmegaConf.create(m["config"])
@@ -361,6 +361,8 @@ def sweeps(sweep: pd.DataFrame, out: Path, root: Path, table: pd.DataFrame | Non
     64, and random 64, are the CTR table's runs, whose provenance table_ctr.md gives). With `recorded` (the per-seed
     AUCs of runs whose folders were lost, `load_recorded`), the budget sweep reads the archived runs and those."""
     if sweep.empty:
+        if recorded is not None and not recorded.empty:  # the lost runs' values still make a budget sweep
+            return budget_with_recorded(sweep, recorded, out) or ["No sweep runs yet."]
         return ["No sweep runs yet."]
     notes = [provenance(sweep, [root], by_row="ctr").rstrip()]
     if table is not None and not table.empty:
@@ -409,24 +411,42 @@ def sweeps(sweep: pd.DataFrame, out: Path, root: Path, table: pd.DataFrame | Non
 RECORDED_COLUMNS = ["task", "selector", "budget", "lam", "seed", "auc", "source"]
 
 
-def load_recorded(path: Path) -> pd.DataFrame:
+def load_recorded(path: Path, required: bool = False) -> pd.DataFrame:
     """Per-seed AUCs of runs whose folders are gone, as the study's earlier reports recorded them (a CSV with
-    RECORDED_COLUMNS; `source` says where each value was read). A missing column, or a value that is not a number
-    where one is needed, is an error naming the file, line and field."""
+    RECORDED_COLUMNS; `source` says where each value was read). An empty frame when the file is absent, unless
+    `required` (a path the user named). A missing column, a budget or seed that is not an integer, an AUC that is
+    not a number, or a job (task, selector, budget, lambda, seed) listed twice is an error naming the file, line and
+    field."""
     if not path.exists():
+        if required:
+            raise FileNotFoundError(f"{path}: no such file (--recorded)")
         return pd.DataFrame(columns=RECORDED_COLUMNS)
-    df = pd.read_csv(path, dtype={"lam": object, "source": str})
-    missing = [c for c in RECORDED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (needs {', '.join(RECORDED_COLUMNS)})")
-    for col in ("budget", "seed", "auc"):
-        bad = pd.to_numeric(df[col], errors="coerce").isna()
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"{path}: line {i + 2}, field {col}: {df[col].iloc[i]!r} is not a number")
-    df["budget"], df["seed"], df["auc"] = df["budget"].astype(int), df["seed"].astype(int), df["auc"].astype(float)
-    df["lam"] = df["lam"].where(df["lam"].notna(), "-")
-    return df
+    import csv
+
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in RECORDED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (needs {', '.join(RECORDED_COLUMNS)})")
+        rows, seen = [], {}
+        for row in reader:
+            line = reader.line_num
+            if not any((v or "").strip() for v in row.values()):
+                continue
+            out = {"task": row["task"], "selector": row["selector"], "source": row["source"],
+                   "lam": row["lam"].strip() or "-"}
+            for col, kind in (("budget", int), ("seed", int), ("auc", float)):
+                try:
+                    out[col] = kind(row[col])
+                except (TypeError, ValueError):
+                    what = "an integer" if kind is int else "a number"
+                    raise ValueError(f"{path}: line {line}, field {col}: {row[col]!r} is not {what}") from None
+            key = (out["task"], out["selector"], out["budget"], out["lam"], out["seed"])
+            if key in seen:
+                raise ValueError(f"{path}: line {line} repeats the job of line {seen[key]} {key}")
+            seen[key] = line
+            rows.append(out)
+    return pd.DataFrame(rows, columns=RECORDED_COLUMNS)
 
 
 def budget_with_recorded(bud: pd.DataFrame, recorded: pd.DataFrame, out: Path) -> list[str]:
@@ -443,11 +463,11 @@ def budget_with_recorded(bud: pd.DataFrame, recorded: pd.DataFrame, out: Path) -
     notes = []
     if not both.empty:
         lines = ["Re-runs of recorded jobs (the same config from a fresh clone; the recorded value as the earlier "
-                 "report printed it):", "", "| selector | budget | seed | recorded AUC | re-run AUC | re-run minus recorded |",
+                 "report printed it):", "", "| selector | budget | seed | recorded AUC (3 decimals) | re-run AUC | re-run minus recorded |",
                  "|---|---|---|---|---|---|"]
         for _, r in both.sort_values(key).iterrows():
-            lines.append(f"| {r['selector']} | {int(r['budget'])} | {int(r['seed'])} | {r['auc_recorded']:.4f} | "
-                         f"{r['auc_rerun']:.4f} | {r['auc_rerun'] - r['auc_recorded']:+.4f} |")
+            lines.append(f"| {r['selector']} | {int(r['budget'])} | {int(r['seed'])} | {r['auc_recorded']:.3f} | "
+                         f"{r['auc_rerun']:.4f} | {r['auc_rerun'] - r['auc_recorded']:+.3f} |")
         notes.append("\n".join(lines))
     have = set(map(tuple, runs[key].astype(object).to_numpy().tolist()))
     extra = rec[[tuple(k) not in have for k in rec[key].astype(object).to_numpy().tolist()]]
@@ -483,11 +503,17 @@ def budget_with_recorded(bud: pd.DataFrame, recorded: pd.DataFrame, out: Path) -
     return notes
 
 
+def coreset_file(run) -> Path:
+    """A run's coreset indices: the archived copy in its folder, else the cache file its metrics name."""
+    here = Path(str(run.get("run_dir") or "")) / CORESET_FILE
+    return here if run.get("run_dir") and here.exists() else Path(str(run.get("coreset") or ""))
+
+
 def subset_id(run: pd.Series) -> str:
-    """What a run fine-tuned on: the hash of its sorted coreset indices (the `coreset` file its metrics name), else
-    its selector, lambda and POO."""
-    path = run.get("coreset")
-    if isinstance(path, str) and Path(path).exists():
+    """What a run fine-tuned on: the hash of its sorted coreset indices (`coreset_file`), else its selector, lambda
+    and POO."""
+    path = coreset_file(run) if isinstance(run.get("coreset"), str) else None
+    if path is not None and path.is_file():
         return hashlib.sha1(np.sort(np.load(path)).astype(np.int64).tobytes()).hexdigest()
     lam = "-" if pd.isna(run.get("lam")) else str(run.get("lam"))
     return f"{run['selector']}|{lam}|{run['poo']!r}"
@@ -572,7 +598,8 @@ def main() -> int:
                     help="report from the archive as committed, without copying runs from --outputs into it")
     args = ap.parse_args()
     res = Path(args.results)
-    args.recorded = args.recorded or res / "sessions_1-7" / "recorded_per_seed_auc.csv"
+    recorded = load_recorded(args.recorded or res / "sessions_1-7" / "recorded_per_seed_auc.csv",
+                             required=args.recorded is not None)
     outputs = res / "runs"  # the report reads the archive only: what a fresh clone has is what the tables show
     if not args.no_archive:
         done = archive_runs(args.outputs, outputs, STUDY_FOLDERS)
@@ -606,7 +633,7 @@ def main() -> int:
                          rows=seqrec_rows),
              differences_figure(res, seqrec_rows, figs, metric="hr@10", task="seqrec"), "## Sweeps", "",
              "\n\n".join(sweeps(sweep, figs, outputs / "sweep_real_cpu",
-                                 table_runs if not table_runs.empty else None, load_recorded(args.recorded))), "",
+                                 table_runs if not table_runs.empty else None, recorded)), "",
              "## Proxy check", "", proxy_origin(runs, outputs / "proxy_real_cpu"), proxy(runs, figs, classes),
              "## Job times", "", times_table(pd.concat([runs, collect([outputs / 'pilot_real_cpu'])])
                                              if (outputs / "pilot_real_cpu").exists() else runs)]

@@ -32,11 +32,22 @@ def _run(root: Path, name: str, selector: str, seed: int, lam, auc_shift: float,
     m = {"dataset": "games_recbole", "task": "ctr", "selector": selector, "budget": budget, "lam": lam, "seed": seed,
          "auc": float(0.6 + auc_shift), "logloss": 0.5, "poo": 0.2 + 0.01 * seed, "test_loss": 0.5 - auc_shift,
          **extra}
-    (d / "metrics.json").write_text(json.dumps(m))
-    (d / "predictions.json").write_text(json.dumps({"ids": list(range(200)), "labels": labels.tolist(),
-                                                    "p_yes": p_yes.tolist()}))
+    # in a job's order: run_info.json when it starts, predictions.json, then metrics.json when it ends
     (d / "run_info.json").write_text(json.dumps({"git": {"commit": "abc1234def", "dirty": False},
                                                  "argv": ["goracs/__main__.py", "-m", "experiment=x"]}))
+    (d / "predictions.json").write_text(json.dumps({"ids": list(range(200)), "labels": labels.tolist(),
+                                                    "p_yes": p_yes.tolist()}))
+    (d / "metrics.json").write_text(json.dumps(m))
+    _age(d)
+
+
+def _age(d: Path) -> None:
+    """Give a run folder's files distinct times in the order a job writes them (file times can tie otherwise)."""
+    import os
+
+    for i, name in enumerate(("run_info.json", "predictions.json", "metrics.json")):
+        if (d / name).exists():
+            os.utime(d / name, (1_000_000 + i, 1_000_000 + i))
 
 
 def test_report_joins_the_lambda_curve_and_reports_costs_as_built(tmp_path, monkeypatch):
@@ -325,8 +336,9 @@ def test_archive_is_idempotent_replaces_re_run_files_and_names_bad_json(tmp_path
     assert sorted(first.added) == ["sweep_real_cpu/a", "sweep_real_cpu/b"] and not first.updated
     again = archive_runs(out, arc, ["sweep_real_cpu"])
     assert again.unchanged == 2 and not again.added and not again.updated
-    # a re-run writes new predictions: the archive follows; a run gone from outputs/ stays archived
+    # a re-run writes new predictions, then metrics: the archive follows; a run gone from outputs/ stays archived
     (out / "sweep_real_cpu" / "a" / "predictions.json").write_text('{"ids": [], "labels": [], "p_yes": []}')
+    _age(out / "sweep_real_cpu" / "a")
     import shutil
     shutil.rmtree(out / "sweep_real_cpu" / "b")
     third = archive_runs(out, arc, ["sweep_real_cpu"])
@@ -384,13 +396,13 @@ def test_budget_sweep_joins_archived_runs_and_recorded_values_of_lost_ones(tmp_p
     rows = ["task,selector,budget,lam,seed,auc,source"]
     rows += [f"ctr,random,128,,{s},{a},old README" for s, a in ((0, 0.6), (1, 0.62), (2, 0.61))]
     rows += [f"ctr,goracs,32,0.5,{s},0.55,old README" for s in (0, 1, 2)]
-    rows += ["ctr,random,32,,0,0.4999,old README", "ctr,random,32,,1,0.45,old README",
+    rows += ["ctr,random,32,,0,0.499,old README", "ctr,random,32,,1,0.45,old README",
              "ctr,goracs,64,0.1,0,0.9,another lambda: not in the budget sweep"]
     rec.write_text("\n".join(rows) + "\n")
     monkeypatch.setattr(sys, "argv", ["x", "--outputs", str(out), "--results", str(res)])
     assert _report_module().main() == 0
     sweep = (res / "numbers.md").read_text().split("## Sweeps")[1].split("## Proxy check")[0]
-    assert "| random | 32 | 0 | 0.4999 | 0.5000 | +0.0001 |" in sweep  # the re-run beside its recorded value
+    assert "| random | 32 | 0 | 0.499 | 0.5000 | +0.001 |" in sweep  # the re-run beside its recorded value
     assert "| random | 32 | 0: 0.500, 1: 0.450, 2: 0.500 |" in sweep and "| 2 archived, 1 recorded |" in sweep
     assert "| goracs | 128 | 0: 0.700, 1: 0.710, 2: 0.720 | 0.7100 [0.6852, 0.7348] | 3 archived |" in sweep
     assert "| random | 128 | 0: 0.600, 1: 0.620, 2: 0.610 | 0.6100 [0.5852, 0.6348] | 3 recorded |" in sweep
@@ -410,3 +422,64 @@ def test_recorded_values_name_the_file_line_and_field_when_bad(tmp_path):
     with pytest.raises(ValueError, match=r"missing column\(s\) lam, source"):
         mod.load_recorded(bad)
     assert mod.load_recorded(tmp_path / "absent.csv").empty
+
+
+def test_archive_waits_for_incomplete_or_re_running_folders_and_copies_metrics_last(tmp_path, monkeypatch):
+    """A folder missing a file, or whose run_info.json is newer than its metrics.json (a job re-running into it:
+    the old results beside the new run's record), is named and left out; every archived run is written with
+    metrics.json last, so an archived metrics.json always has its other files beside it; the run's coreset indices
+    travel with it."""
+    import os
+
+    from goracs.report import archive
+
+    out, arc = tmp_path / "outputs", tmp_path / "runs"
+    idx = tmp_path / "cache" / "select" / "k" / "indices.npy"
+    idx.parent.mkdir(parents=True)
+    np.save(idx, np.array([5, 3, 9]))
+    _run(out / "table_real_cpu", "ok", "goracs", 0, 0.5, 0.1, coreset=str(idx))
+    _run(out / "table_real_cpu", "nopred", "random", 0, None, 0.0)
+    (out / "table_real_cpu" / "nopred" / "predictions.json").unlink()
+    _run(out / "table_real_cpu", "rerun", "random", 1, None, 0.0)
+    os.utime(out / "table_real_cpu" / "rerun" / "run_info.json", (2_000_000, 2_000_000))  # a new run started
+    order = []
+    real_copy = archive._copy
+    monkeypatch.setattr(archive, "_copy", lambda data, dest: order.append(dest.name) or real_copy(data, dest))
+    rep = archive.archive_runs(out, arc, ["table_real_cpu"])
+    assert rep.added == ["table_real_cpu/ok"]
+    assert sorted(s.split(": ", 1)[1] for s in rep.skipped) == [
+        "a re-run is in progress (run_info.json or predictions.json newer than metrics.json)", "no predictions.json"]
+    assert "nopred" in rep.summary() and "rerun" in rep.summary()
+    assert order[-1] == "metrics.json" and set(order) == {"coreset_indices.npy", *archive.RUN_FILES}
+    assert np.load(arc / "table_real_cpu" / "ok" / "coreset_indices.npy").tolist() == [5, 3, 9]
+    # with the cache gone (a clone), the report still identifies the subset from the archived copy
+    mod = _report_module()
+    runs = mod.collect([arc])
+    before = mod.subset_id(runs.iloc[0])
+    import shutil
+    shutil.rmtree(tmp_path / "cache")
+    assert mod.subset_id(mod.collect([arc]).iloc[0]) == before and "|" not in before
+
+
+def test_recorded_csv_refuses_duplicates_and_non_integers_and_a_named_missing_file(tmp_path):
+    mod = _report_module()
+    bad = tmp_path / "rec.csv"
+    head = "task,selector,budget,lam,seed,auc,source\n"
+    bad.write_text(head + "ctr,random,32,,0,0.41,x\n\nctr,random,32,,0,0.42,y\n")
+    with pytest.raises(ValueError, match=r"rec.csv: line 4 repeats the job of line 2"):
+        mod.load_recorded(bad)
+    bad.write_text(head + "ctr,random,32,,1.5,0.41,x\n")
+    with pytest.raises(ValueError, match=r"line 2, field seed: '1.5' is not an integer"):
+        mod.load_recorded(bad)
+    with pytest.raises(FileNotFoundError, match="absent.csv: no such file"):
+        mod.load_recorded(tmp_path / "absent.csv", required=True)
+
+
+def test_a_clone_with_only_recorded_values_still_reports_the_budget_sweep(tmp_path):
+    mod = _report_module()
+    rec = tmp_path / "rec.csv"
+    rec.write_text("task,selector,budget,lam,seed,auc,source\n" + "".join(
+        f"ctr,{sel},{b},{lam},{s},{0.5 + 0.01 * s + (0.05 if sel == 'goracs' else 0)},x\n"
+        for sel, lam in (("goracs", "0.5"), ("random", "")) for b in (32, 64) for s in (0, 1)))
+    notes = "\n".join(mod.sweeps(pd.DataFrame(), tmp_path, tmp_path / "sweep", None, mod.load_recorded(rec)))
+    assert "| 32 | 0: +0.050, 1: +0.050 |" in notes and "| random | 64 | 0: 0.500, 1: 0.510 |" in notes

@@ -46,10 +46,17 @@ def _run_time(metrics: Path) -> float:
     """When the run that wrote `metrics` started (run_info.json's recorded time, seconds since the epoch), so that a
     run found in two folders counts at its newest run wherever the files were copied to (an archive in git, a fresh
     clone: file times there are checkout times); the file's own time where no run_info.json records one."""
+    info = metrics.parent / "run_info.json"
     try:
-        stamp = json.loads((metrics.parent / "run_info.json").read_text()).get("time")
+        rec = json.loads(info.read_text())
+    except OSError:
+        return metrics.stat().st_mtime
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{info}: not valid JSON ({e})") from e
+    stamp = rec.get("time") if isinstance(rec, dict) else None
+    try:
         return dt.datetime.fromisoformat(stamp).timestamp()
-    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError):
+    except (TypeError, ValueError):  # no time recorded (older runs): the file's own
         return metrics.stat().st_mtime
 
 

@@ -19,6 +19,7 @@ from typing import Iterable
 from goracs.io import atomic_path
 
 RUN_FILES = ("predictions.json", "run_info.json", "metrics.json")  # metrics.json last: it marks a complete copy
+CORESET_FILE = "coreset_indices.npy"  # the run's coreset (metrics.json names it in cache/, which a clone lacks)
 
 
 @dataclass
@@ -28,27 +29,53 @@ class ArchiveReport:
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: int = 0
+    skipped: list[str] = field(default_factory=list)  # "folder: why", runs not archived this time
 
     def summary(self) -> str:
-        return (f"{len(self.added)} runs added, {len(self.updated)} updated, {self.unchanged} unchanged")
+        text = f"{len(self.added)} runs added, {len(self.updated)} updated, {self.unchanged} unchanged"
+        return text + "".join(f"\n  not archived: {s}" for s in self.skipped)
 
 
-def is_run_summary(path: Path) -> bool:
-    """True for a run's metrics.json (it names the run's dataset, task and selector); False for a stage artifact of
+def run_summary(path: Path) -> dict | None:
+    """A run's metrics.json as a dict (it names the run's dataset, task and selector); None for a stage artifact of
     the same name. A file that is not valid JSON is an error naming it: a finished run is never written half."""
     try:
         rec = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
-    return isinstance(rec, dict) and {"dataset", "task", "selector"} <= set(rec)
+    return rec if isinstance(rec, dict) and {"dataset", "task", "selector"} <= set(rec) else None
+
+
+def _why_not(folder: Path) -> str | None:
+    """Why a finished-looking run folder must not be archived now, or None. A job re-run into its folder writes
+    run_info.json when it starts and predictions.json, then metrics.json, when it ends: until then the folder mixes
+    the old run's results with the new run's record, so it waits for the next pass."""
+    missing = [n for n in RUN_FILES if not (folder / n).exists()]
+    if missing:
+        return f"no {', '.join(missing)}"
+    t = {n: (folder / n).stat().st_mtime for n in RUN_FILES}
+    if t["run_info.json"] > t["metrics.json"] or t["predictions.json"] > t["metrics.json"]:
+        return "a re-run is in progress (run_info.json or predictions.json newer than metrics.json)"
+    return None
+
+
+def _copy(data: bytes, dest: Path) -> bool:
+    """Write `data` to `dest` atomically unless it already holds exactly that; True when written."""
+    if dest.exists() and dest.read_bytes() == data:
+        return False
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return True
 
 
 def archive_runs(outputs: str | os.PathLike, archive: str | os.PathLike,
                  folders: Iterable[str]) -> ArchiveReport:
     """Mirror the small files of every finished run under `outputs`/<folder> (for each of `folders`) into `archive`,
-    keeping the relative layout. A file already archived with the same bytes is left alone; one whose run was re-run
-    (new bytes) is replaced, atomically. Runs in the archive but no longer under outputs/ are kept: that is the
-    point."""
+    keeping the relative layout, with the run's coreset indices beside them (CORESET_FILE) where its cache still has
+    them. A file already archived with the same bytes is left alone; one whose run was re-run (new bytes) is
+    replaced, atomically, metrics.json last. A run folder missing one of the files, or in the middle of a re-run, is
+    not archived and is named in the report's `skipped`. Runs in the archive but no longer under outputs/ are kept:
+    that is the point."""
     outputs, archive = Path(outputs), Path(archive)
     rep = ArchiveReport()
     for folder in folders:
@@ -56,22 +83,21 @@ def archive_runs(outputs: str | os.PathLike, archive: str | os.PathLike,
         if not root.is_dir():
             continue
         for metrics in sorted(root.rglob("metrics.json")):
-            if not is_run_summary(metrics):
+            rec = run_summary(metrics)
+            if rec is None:
                 continue
             rel = metrics.parent.relative_to(outputs)
+            why = _why_not(metrics.parent)
+            if why:
+                rep.skipped.append(f"{metrics.parent}: {why}")
+                continue
             existed = (archive / rel / "metrics.json").exists()
             changed = False
-            for name in RUN_FILES:
-                src = metrics.parent / name
-                if not src.exists():
-                    continue
-                data = src.read_bytes()
-                dest = archive / rel / name
-                if dest.exists() and dest.read_bytes() == data:
-                    continue
-                with atomic_path(dest) as tmp:
-                    tmp.write_bytes(data)
-                changed = True
+            coreset = Path(str(rec.get("coreset") or ""))
+            if rec.get("coreset") and coreset.is_file():
+                changed |= _copy(coreset.read_bytes(), archive / rel / CORESET_FILE)
+            for name in RUN_FILES:  # metrics.json last
+                changed |= _copy((metrics.parent / name).read_bytes(), archive / rel / name)
             if not changed:
                 rep.unchanged += 1
             else:
