@@ -620,7 +620,10 @@ def main() -> int:
     seed_rows: list = []
     seqrec_rows: list = []
     parts = ["# Real Games study: generated numbers", "",
-             "Written by `bash scripts/real_games.sh report` from the runs finished so far; the README reads them.", "",
+             "Written by `bash scripts/real_games.sh report` from the finished runs archived in `runs/` (each run's "
+             "metrics, predictions and run_info, kept since the eighth session); the first seven sessions' runs were "
+             "lost with their outputs/ folder, and their numbers are in `sessions_1-7/numbers.md`. The README reads "
+             "both.", "",
              "## Pilot", "", pilot_table(outputs / "pilot_real_cpu"),
              "## SeqRec control: no fine-tuning", "",
              seqrec_control_table(outputs / "pilot_real_cpu_seqrec", table_runs),
