@@ -488,18 +488,25 @@ def budget_with_recorded(bud: pd.DataFrame, recorded: pd.DataFrame, out: Path) -
                  "| selector | budget | AUC per seed | mean [95 % t over seeds] | from |\n|---|---|---|---|---|\n"
                  + "\n".join(rows))
     ref = reference_by_seed(pool)
-    lines = []
+    lines, every = [], []
     for b, part in pool[pool["selector"] == "goracs"].groupby("budget"):
         d = seed_differences(part, ref, b)
         if not d:
             continue
+        every.extend(d.values())
         per = ", ".join(f"{s}: {v:+.3f}" for s, v in sorted(d.items()))
         above = sum(v > 0 for v in d.values())
         lines.append(f"| {b} | {per} | {fmt_ci(*mean_ci(list(d.values())))} | {above} of {len(d)} |")
     if lines:
-        notes.append("GORACS minus random at each budget, seed by seed (AUC):\n\n"
-                     "| budget | per seed | mean [95 % t over seeds] | seeds above random |\n|---|---|---|---|\n"
-                     + "\n".join(lines))
+        text = ("GORACS minus random at each budget, seed by seed (AUC):\n\n"
+                "| budget | per seed | mean [95 % t over seeds] | seeds above random |\n|---|---|---|---|\n"
+                + "\n".join(lines))
+        if len(lines) > 1:  # every (budget, seed) pair as one paired difference: the sweep's overall question
+            p = stats.wilcoxon(every).pvalue if len(every) > 1 and any(every) else float("nan")
+            text += (f"\n\nAll {len(lines)} budgets together, {len(every)} (budget, seed) pairs, each a separate pair "
+                     f"of fine-tunes: {fmt_ci(*mean_ci(every))} [95 % t over the pairs], above random in "
+                     f"{sum(v > 0 for v in every)} of {len(every)}, Wilcoxon signed-rank p {p:.3f}.")
+        notes.append(text)
     return notes
 
 

@@ -408,6 +408,10 @@ def test_budget_sweep_joins_archived_runs_and_recorded_values_of_lost_ones(tmp_p
     assert "| random | 128 | 0: 0.600, 1: 0.620, 2: 0.610 | 0.6100 [0.5852, 0.6348] | 3 recorded |" in sweep
     assert "| 128 | 0: +0.100, 1: +0.090, 2: +0.110 | +0.1000 [+0.0752, +0.1248] | 3 of 3 |" in sweep
     assert "| 32 | 0: +0.050, 1: +0.100, 2: +0.050 |" in sweep
+    # the 6 pairs together: +0.05, +0.10, +0.05, +0.10, +0.09, +0.11: SD 0.0266, t(0.975, 5) 2.571 / sqrt(6);
+    # every one above: Wilcoxon p = 2 / 2^6
+    assert "All 2 budgets together, 6 (budget, seed) pairs" in sweep
+    assert "+0.0833 [+0.0554, +0.1112] [95 % t over the pairs], above random in 6 of 6, Wilcoxon signed-rank p 0.031." in sweep
     assert "| goracs | 64 |" not in sweep  # lambda 0.1 is not the budget sweep's GORACS
     assert (res / "figures" / "ctr_auc_vs_budget.png").stat().st_size > 0
 
