@@ -286,6 +286,9 @@ def test_sweeps_report_each_point_minus_random_both_ways(tmp_path, monkeypatch):
     assert hi32 < 0
     assert (res / "figures" / "ctr_auc_vs_budget.png").stat().st_size > 0
     assert (res / "figures" / "ctr_auc_vs_lambda.png").stat().st_size > 0
+    # with no recorded values, the one budget table lists the archived runs per seed (0.6 + 0.3 at 128)
+    assert "| goracs | 128 | 0: 0.900, 1: 0.900, 2: 0.900 | 0.9000 [0.9000, 0.9000] | 3 archived |" in sweep
+    assert "| 128 | 0: +0.300, 1: +0.300, 2: +0.300 |" in sweep
     # every sweep point names its seeds, commit and command; the table's points say where they come from
     assert "From 18 runs in `sweep_real_cpu/`; seeds 0, 1, 2; code commit(s) abc1234." in sweep
     # the lambdas side by side at their common seeds; every seed ranks them 0.1 < 1 < 0.5: Friedman chi-square

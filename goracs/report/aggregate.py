@@ -24,16 +24,23 @@ log = logging.getLogger(__name__)
 GROUP = ["dataset", "task", "selector", "budget", "lam"]
 
 
+def run_summary(path: Path) -> dict | None:
+    """A run's metrics.json as a dict (it names the run's dataset, task and selector); None for a stage artifact of
+    the same name. A file that is not valid JSON is an error naming it: a finished run is never written half."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    return rec if isinstance(rec, dict) and {"dataset", "task", "selector"} <= set(rec) else None
+
+
 def collect(roots: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """One row per metrics.json found under the given folders (recursively)."""
+    """One row per run summary (metrics.json, `run_summary`) found under the given folders (recursively)."""
     rows = []
     for root in roots:
         for path in sorted(Path(root).rglob("metrics.json")):
-            try:
-                m = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from e
-            if not {"dataset", "task", "selector"} <= set(m):
+            m = run_summary(path)
+            if m is None:
                 continue  # a stage artifact, not a run summary
             # the metrics this run's own eval config asked for (eval.metrics, eval.ks), in table order
             names = [x.name for x in task_metrics(m["task"], (m.get("config") or {}).get("eval"))]

@@ -10,13 +10,13 @@ last, so an archived folder that has one has the other files too.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from goracs.io import atomic_path
+from goracs.report.aggregate import run_summary
 
 RUN_FILES = ("predictions.json", "run_info.json", "metrics.json")  # metrics.json last: it marks a complete copy
 CORESET_FILE = "coreset_indices.npy"  # the run's coreset (metrics.json names it in cache/, which a clone lacks)
@@ -34,16 +34,6 @@ class ArchiveReport:
     def summary(self) -> str:
         text = f"{len(self.added)} runs added, {len(self.updated)} updated, {self.unchanged} unchanged"
         return text + "".join(f"\n  not archived: {s}" for s in self.skipped)
-
-
-def run_summary(path: Path) -> dict | None:
-    """A run's metrics.json as a dict (it names the run's dataset, task and selector); None for a stage artifact of
-    the same name. A file that is not valid JSON is an error naming it: a finished run is never written half."""
-    try:
-        rec = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    return rec if isinstance(rec, dict) and {"dataset", "task", "selector"} <= set(rec) else None
 
 
 def _why_not(folder: Path) -> str | None:
